@@ -1,0 +1,18 @@
+// Command-line helpers shared by the binaries.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace w8a8 {
+
+// Abseil flag names cannot contain '-', while users type `--max-tokens` as in vLLM and
+// llama.cpp. Returns argv with dashes in flag names turned into underscores
+// ("--max-tokens=5" becomes "--max_tokens=5"); values and positional arguments are unchanged,
+// and everything after a bare "--" is left alone.
+std::vector<std::string> NormalizeFlagNames(int argc, char** argv);
+
+// Views of `args` as a mutable argv array for absl::ParseCommandLine; the strings must outlive it.
+std::vector<char*> ToArgv(std::vector<std::string>& args);
+
+}  // namespace w8a8

@@ -1,0 +1,44 @@
+// A linear layer y = x W^T behind one interface, whatever its weights are stored as.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace w8a8 {
+
+class Checkpoint;
+
+class LinearLayer {
+ public:
+  virtual ~LinearLayer() = default;
+  // y[m, out_features] = x[m, in_features] * W^T, row-major. Quantized layers quantize x on the
+  // fly. Thread-safe: holds no mutable state.
+  virtual void Forward(const float* x, int64_t m, float* y) const = 0;
+  virtual int64_t in_features() const = 0;
+  virtual int64_t out_features() const = 0;
+  // "fp32", "per-channel", "per-group" or "per-tensor".
+  virtual std::string scheme() const = 0;
+  virtual size_t weight_bytes() const = 0;
+};
+
+// FP32 weights [out_features, in_features], row-major.
+std::unique_ptr<LinearLayer> MakeFp32Linear(std::vector<float> weight, int64_t out_features,
+                                            int64_t in_features);
+
+// Builds the linear layer `name` ("model.layers.0.self_attn.q_proj", without ".weight") of
+// shape [out_features, in_features] from a checkpoint. The model calls it once per layer, in
+// order, so a factory can stream from a memory-mapped source.
+using LinearFactory = std::function<absl::StatusOr<std::unique_ptr<LinearLayer>>(
+    const Checkpoint& checkpoint, const std::string& name, int64_t out_features,
+    int64_t in_features)>;
+
+// Loads the weight as FP32 and keeps it in full precision.
+LinearFactory Fp32LinearFactory();
+
+}  // namespace w8a8

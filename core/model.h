@@ -1,0 +1,99 @@
+// The LLaMA forward pass over a batch of sequences with a paged KV cache.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "core/checkpoint.h"
+#include "core/linear.h"
+#include "core/model_config.h"
+
+namespace w8a8 {
+
+// Keys and values of every layer in fixed-size blocks. A sequence owns a list of block ids
+// (its block table); position p of the sequence lives in block table[p / block_size] at slot
+// p % block_size. The cache does not allocate blocks to sequences: the caller does.
+class KvCache {
+ public:
+  KvCache(const ModelConfig& config, int64_t num_blocks, int64_t block_size);
+
+  static size_t BytesPerBlock(const ModelConfig& config, int64_t block_size);
+
+  int64_t num_blocks() const { return num_blocks_; }
+  int64_t block_size() const { return block_size_; }
+  // Layout per layer and block: [kv_head][block_size][head_dim].
+  float* keys(int64_t layer, int64_t block);
+  float* values(int64_t layer, int64_t block);
+  const float* keys(int64_t layer, int64_t block) const;
+  const float* values(int64_t layer, int64_t block) const;
+
+ private:
+  int64_t num_layers_;
+  int64_t num_blocks_;
+  int64_t block_size_;
+  int64_t block_floats_;  // kv_heads * block_size * head_dim
+  std::vector<float> keys_;
+  std::vector<float> values_;
+};
+
+// One sequence's share of a forward step.
+struct SequenceStep {
+  std::span<const int32_t> tokens;       // New tokens, at positions start_position...
+  int64_t start_position = 0;            // Tokens of this sequence already in the cache.
+  std::span<const int32_t> block_table;  // Must cover start_position + tokens.size() positions.
+  // Which logits to return: none (a middle prompt chunk), the last token's, or every token's.
+  enum class Logits { kNone, kLast, kAll } logits = Logits::kLast;
+};
+
+struct ModelOptions {
+  // Maximum tokens of one forward call; longer batches are split internally.
+  int64_t max_batch_tokens = 512;
+};
+
+struct LinearLayerInfo {
+  std::string name;  // "model.layers.0.mlp.down_proj"
+  int64_t out_features;
+  int64_t in_features;
+  std::string scheme;
+  size_t weight_bytes;
+};
+
+class Model {
+ public:
+  // Loads norms and embeddings as FP32 and builds every linear layer through `factory`,
+  // layer by layer.
+  static absl::StatusOr<std::unique_ptr<Model>> Create(const Checkpoint& checkpoint,
+                                                       const LinearFactory& factory,
+                                                       const ModelOptions& options = {});
+
+  // Runs the new tokens of every sequence in `batch` through the model, writes their keys and
+  // values into `cache`, and appends the requested logits (vocab_size floats per row, in batch
+  // order) to `logits`. Sequences attend only to their own tokens. Safe to call from several
+  // threads with distinct caches.
+  absl::Status Forward(std::span<const SequenceStep> batch, KvCache& cache,
+                       std::vector<float>& logits) const;
+
+  const ModelConfig& config() const { return config_; }
+  std::vector<LinearLayerInfo> LinearLayers() const;
+  size_t weight_bytes() const;
+
+ private:
+  Model() = default;
+  struct Layer;
+  ModelConfig config_;
+  std::vector<float> embedding_;  // [vocab, hidden]
+  std::vector<float> final_norm_;
+  std::unique_ptr<LinearLayer> lm_head_;  // Shares nothing with embedding_ when tied: a copy.
+  std::vector<std::unique_ptr<Layer>> layers_;
+  std::vector<float> rope_inv_freq_;  // head_dim / 2 inverse frequencies after rope scaling.
+  ModelOptions options_;
+};
+
+// Inverse rotary frequencies theta^(-2i/d) for i < d/2, with Llama 3 scaling applied when set.
+std::vector<float> RopeInverseFrequencies(const ModelConfig& config);
+
+}  // namespace w8a8

@@ -1,0 +1,72 @@
+#include "kernels/cpu_features.h"
+
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+
+namespace w8a8::kernels {
+namespace {
+
+Isa DetectIsa() {
+  Isa best = Isa::kScalar;
+  if (CpuSupports(Isa::kAvx512Vnni)) {
+    best = Isa::kAvx512Vnni;
+  } else if (CpuSupports(Isa::kAvx2)) {
+    best = Isa::kAvx2;
+  }
+  const char* requested = std::getenv("W8A8_ISA");
+  if (requested == nullptr || *requested == '\0') return best;
+  const std::string name = requested;
+  Isa wanted = best;
+  if (name == "scalar") {
+    wanted = Isa::kScalar;
+  } else if (name == "avx2") {
+    wanted = Isa::kAvx2;
+  } else if (name == "avx512vnni") {
+    wanted = Isa::kAvx512Vnni;
+  } else {
+    std::fprintf(stderr, "W8A8_ISA=%s is not one of scalar, avx2, avx512vnni; using %s.\n",
+                 requested, std::string(IsaName(best)).c_str());
+    return best;
+  }
+  if (!CpuSupports(wanted)) {
+    std::fprintf(stderr, "W8A8_ISA=%s is not supported by this CPU; using %s.\n", requested,
+                 std::string(IsaName(best)).c_str());
+    return best;
+  }
+  return wanted;
+}
+
+}  // namespace
+
+bool CpuSupports(Isa isa) {
+  switch (isa) {
+    case Isa::kScalar:
+      return true;
+    case Isa::kAvx2:
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    case Isa::kAvx512Vnni:
+      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+  }
+  return false;
+}
+
+Isa ActiveIsa() {
+  static const Isa isa = DetectIsa();
+  return isa;
+}
+
+std::string_view IsaName(Isa isa) {
+  switch (isa) {
+    case Isa::kScalar:
+      return "scalar";
+    case Isa::kAvx2:
+      return "avx2";
+    case Isa::kAvx512Vnni:
+      return "avx512vnni";
+  }
+  return "unknown";
+}
+
+}  // namespace w8a8::kernels

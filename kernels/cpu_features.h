@@ -1,0 +1,21 @@
+// The one place that decides which instruction set the kernels use.
+#pragma once
+
+#include <string_view>
+
+namespace w8a8::kernels {
+
+enum class Isa {
+  kScalar,      // Plain C++ reference.
+  kAvx2,        // AVX2 + FMA.
+  kAvx512Vnni,  // AVX-512 F/BW/VL with VNNI int8 dot products.
+};
+
+// The best ISA this CPU supports, lowered by the W8A8_ISA environment variable
+// ("scalar", "avx2", "avx512vnni") for tests and benchmarks. Decided once per process.
+Isa ActiveIsa();
+std::string_view IsaName(Isa isa);
+// Whether the CPU itself supports `isa`, ignoring W8A8_ISA.
+bool CpuSupports(Isa isa);
+
+}  // namespace w8a8::kernels

@@ -1,0 +1,63 @@
+// Paths and temporary files shared by the test suites.
+#pragma once
+
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <string>
+
+namespace w8a8::testing {
+
+// The folder of shared model files: $W8A8_MODELS_DIR, else ../shared/models beside the source.
+inline std::filesystem::path ModelsDir() {
+  if (const char* dir = std::getenv("W8A8_MODELS_DIR"); dir != nullptr && *dir != '\0') {
+    return dir;
+  }
+  return std::filesystem::path(W8A8_SOURCE_DIR).parent_path() / "shared" / "models";
+}
+
+inline std::filesystem::path Stories260KDir() { return ModelsDir() / "stories260K"; }
+inline std::filesystem::path Stories260KGguf() { return Stories260KDir() / "stories260K.gguf"; }
+
+inline std::filesystem::path SourceDir() { return W8A8_SOURCE_DIR; }
+inline std::filesystem::path BinaryDir() { return W8A8_BINARY_DIR; }
+// The built `w8a8` tool.
+inline std::filesystem::path W8a8Tool() { return BinaryDir() / "tools" / "w8a8"; }
+
+// A fresh directory under the system temp dir, removed with everything in it on destruction.
+class TempDir {
+ public:
+  TempDir() {
+    std::random_device random;
+    path_ = std::filesystem::temp_directory_path() /
+            ("w8a8-test-" + std::to_string(::getpid()) + "-" + std::to_string(random()));
+    std::filesystem::create_directories(path_);
+  }
+  ~TempDir() {
+    std::error_code ignored;
+    std::filesystem::remove_all(path_, ignored);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+
+  const std::filesystem::path& path() const { return path_; }
+  std::filesystem::path operator/(const std::string& name) const { return path_ / name; }
+
+ private:
+  std::filesystem::path path_;
+};
+
+inline std::string ReadFile(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+inline void WriteFile(const std::filesystem::path& path, const std::string& contents) {
+  std::ofstream out(path, std::ios::binary);
+  out << contents;
+}
+
+}  // namespace w8a8::testing
