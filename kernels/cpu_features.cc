@@ -52,6 +52,14 @@ bool CpuSupports(Isa isa) {
   return false;
 }
 
+std::vector<Isa> SupportedIsas() {
+  std::vector<Isa> isas;
+  for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512Vnni}) {
+    if (CpuSupports(isa)) isas.push_back(isa);
+  }
+  return isas;
+}
+
 Isa ActiveIsa() {
   static const Isa isa = DetectIsa();
   return isa;

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <string_view>
+#include <vector>
 
 namespace w8a8::kernels {
 
@@ -17,5 +18,7 @@ Isa ActiveIsa();
 std::string_view IsaName(Isa isa);
 // Whether the CPU itself supports `isa`, ignoring W8A8_ISA.
 bool CpuSupports(Isa isa);
+// Every ISA this CPU supports, from kScalar up, ignoring W8A8_ISA. Tests run each of them.
+std::vector<Isa> SupportedIsas();
 
 }  // namespace w8a8::kernels

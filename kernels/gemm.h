@@ -9,18 +9,34 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "kernels/cpu_features.h"
 
 namespace w8a8::kernels {
 
-// y[m, n] = x[m, k] * w[n, k]^T, all row-major FP32.
+// y[m, n] = x[m, k] * w[n, k]^T, all row-major FP32. Threads with OpenMP; thread-safe.
+// m = 1 streams w once with AVX-512 FMA; m > 1 uses oneDNN's f32 matmul (primitives cached per
+// shape). Other ISAs use a portable blocked loop. Results match a sequential sum up to
+// floating-point rounding, not bit for bit.
 void GemmF32(const float* x, const float* w, float* y, int64_t m, int64_t n, int64_t k);
+// The same on a given ISA path, which the CPU must support (see SupportedIsas()).
+void GemmF32(Isa isa, const float* x, const float* w, float* y, int64_t m, int64_t n,
+             int64_t k);
 
 // Symmetric int8 quantization of activations, dynamic: one scale per row (token), or one for
-// the whole matrix. scale = max|x| / 127 (1 for an all-zero row); q = round(x / scale).
+// the whole matrix. scale = max|x| / 127 (1 for an all-zero matrix or row) and
+// q = round-half-even(x * (1 / scale)), clamped to [-127, 127], so -128 never occurs.
+// Every ISA path gives the same bits as reference::QuantizePerToken. Single-threaded.
 void QuantizePerToken(const float* x, int64_t m, int64_t k, int8_t* q, float* scales);
 void QuantizePerTensor(const float* x, int64_t m, int64_t k, int8_t* q, float* scale);
+void QuantizePerToken(Isa isa, const float* x, int64_t m, int64_t k, int8_t* q, float* scales);
+void QuantizePerTensor(Isa isa, const float* x, int64_t m, int64_t k, int8_t* q, float* scale);
 
-// An int8 weight matrix [n, k] with its scales, prepared once for repeated products.
+// An int8 weight matrix [n, k] with its scales, prepared once for repeated products. Run() is
+// const and thread-safe; it blocks until y is written and threads with OpenMP. Every int8
+// value -128..127 is valid in both operands.
+// Paths: kScalar runs the reference. kAvx2 and kAvx512Vnni repack the weights into blocks of
+// 16 rows for a u8 x s8 dot-product loop (activations + 128, minus 128 * the weight sums),
+// except per-channel weights on kAvx512Vnni, which go through oneDNN's int8 matmul.
 class Int8Matmul {
  public:
   virtual ~Int8Matmul() = default;
@@ -31,6 +47,11 @@ class Int8Matmul {
                                                             int64_t n, int64_t k,
                                                             std::span<const float> scales,
                                                             int64_t group_size);
+  // The same on a given ISA path; fails if the CPU does not support `isa`.
+  static absl::StatusOr<std::unique_ptr<Int8Matmul>> Create(std::span<const int8_t> weights,
+                                                            int64_t n, int64_t k,
+                                                            std::span<const float> scales,
+                                                            int64_t group_size, Isa isa);
   // y[m, n] = sum_k xq[m, k] * w[n, k], accumulated in int32 (per group for grouped weights),
   // times x_scales[m] (one entry per row; for per-tensor activations pass m copies) and the
   // weight scales.
@@ -38,6 +59,8 @@ class Int8Matmul {
   virtual int64_t n() const = 0;
   virtual int64_t k() const = 0;
   virtual int64_t group_size() const = 0;
+  // The ISA path this matrix was prepared for.
+  virtual Isa isa() const = 0;
 };
 
 }  // namespace w8a8::kernels

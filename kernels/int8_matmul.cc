@@ -1,0 +1,170 @@
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "kernels/gemm.h"
+#include "kernels/int8_packed.h"
+#include "kernels/onednn_int8_matmul.h"
+#include "kernels/reference.h"
+
+namespace w8a8::kernels {
+namespace {
+
+// The kScalar path: the reference loops over the weights as given.
+class ScalarInt8Matmul final : public Int8Matmul {
+ public:
+  ScalarInt8Matmul(std::vector<int8_t> weights, int64_t n, int64_t k, std::vector<float> scales,
+                   int64_t group_size)
+      : weights_(std::move(weights)),
+        scales_(std::move(scales)),
+        n_(n),
+        k_(k),
+        group_size_(group_size) {}
+
+  void Run(const int8_t* xq, const float* x_scales, int64_t m, float* y) const override {
+    reference::Int8Matmul(xq, x_scales, m, weights_.data(), n_, k_, scales_.data(), group_size_,
+                          y);
+  }
+  int64_t n() const override { return n_; }
+  int64_t k() const override { return k_; }
+  int64_t group_size() const override { return group_size_; }
+  Isa isa() const override { return Isa::kScalar; }
+
+ private:
+  std::vector<int8_t> weights_;
+  std::vector<float> scales_;
+  int64_t n_;
+  int64_t k_;
+  int64_t group_size_;
+};
+
+// The AVX2 and AVX-512 VNNI paths over weights in the packed layout of int8_packed.h.
+class PackedInt8Matmul final : public Int8Matmul {
+ public:
+  PackedInt8Matmul(internal::PackedInt8Weights packed, Isa isa)
+      : packed_(std::move(packed)), isa_(isa) {}
+
+  void Run(const int8_t* xq, const float* x_scales, int64_t m, float* y) const override {
+    if (m <= 0) return;
+    const int64_t padded_k = packed_.padded_k();
+    thread_local std::vector<uint8_t> activations;
+    activations.resize(static_cast<size_t>(m * padded_k));
+    internal::PackActivations(packed_, xq, m, activations.data());
+    const uint8_t* xa = activations.data();
+
+    // Threads split the column blocks when there are enough of them, so each thread streams
+    // its own part of the weights once; otherwise they split the rows.
+    const int64_t blocks = packed_.blocks;
+    const int threads = omp_get_max_threads();
+    const bool split_columns = blocks >= 4 * threads || m < threads;
+    const int64_t work = split_columns ? blocks : m;
+#pragma omp parallel num_threads(static_cast<int>(std::min<int64_t>(threads, work)))
+    {
+      const int64_t count = omp_get_num_threads();
+      const int64_t index = omp_get_thread_num();
+      const int64_t begin = work * index / count;
+      const int64_t end = work * (index + 1) / count;
+      if (split_columns) {
+        RunRange(xa, x_scales, m, begin, end, y);
+      } else if (begin < end) {
+        RunRange(xa + begin * padded_k, x_scales + begin, end - begin, 0, blocks,
+                 y + begin * packed_.n);
+      }
+    }
+  }
+  int64_t n() const override { return packed_.n; }
+  int64_t k() const override { return packed_.k; }
+  int64_t group_size() const override { return packed_.group_size; }
+  Isa isa() const override { return isa_; }
+
+ private:
+  void RunRange(const uint8_t* xa, const float* x_scales, int64_t rows, int64_t block_begin,
+                int64_t block_end, float* y) const {
+    if (block_begin >= block_end) return;
+    if (isa_ == Isa::kAvx512Vnni) {
+      internal::RunPackedAvx512(packed_, xa, x_scales, rows, block_begin, block_end, y);
+    } else {
+      internal::RunPackedAvx2(packed_, xa, x_scales, rows, block_begin, block_end, y);
+    }
+  }
+
+  internal::PackedInt8Weights packed_;
+  Isa isa_;
+};
+
+absl::Status ValidateInt8Weights(std::span<const int8_t> weights, int64_t n, int64_t k,
+                                 std::span<const float> scales, int64_t group_size) {
+  if (n <= 0 || k <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat("Int8Matmul: invalid shape n=", n, ", k=", k,
+                                                   "; both must be positive."));
+  }
+  if (group_size < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "Int8Matmul: invalid group_size ", group_size, "; use 0 for per-channel scales."));
+  }
+  if (static_cast<int64_t>(weights.size()) != n * k) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("Int8Matmul: weights have ", weights.size(), " values, expected n * k = ",
+                     n, " * ", k, " = ", n * k, "."));
+  }
+  const int64_t groups = group_size == 0 ? 1 : (k + group_size - 1) / group_size;
+  if (static_cast<int64_t>(scales.size()) != n * groups) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "Int8Matmul: scales have ", scales.size(), " values, expected n * groups = ", n, " * ",
+        groups, " = ", n * groups, " for k=", k, " and group_size=", group_size, "."));
+  }
+  for (size_t i = 0; i < scales.size(); ++i) {
+    if (!std::isfinite(scales[i])) {
+      return absl::InvalidArgumentError(absl::StrCat("Int8Matmul: scale ", i, " is ",
+                                                     scales[i], "; scales must be finite."));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Int8Matmul>> Int8Matmul::Create(std::span<const int8_t> weights,
+                                                               int64_t n, int64_t k,
+                                                               std::span<const float> scales,
+                                                               int64_t group_size) {
+  return Create(weights, n, k, scales, group_size, ActiveIsa());
+}
+
+absl::StatusOr<std::unique_ptr<Int8Matmul>> Int8Matmul::Create(std::span<const int8_t> weights,
+                                                               int64_t n, int64_t k,
+                                                               std::span<const float> scales,
+                                                               int64_t group_size, Isa isa) {
+  if (absl::Status status = ValidateInt8Weights(weights, n, k, scales, group_size);
+      !status.ok()) {
+    return status;
+  }
+  if (!CpuSupports(isa)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "Int8Matmul: this CPU does not support ", std::string(IsaName(isa)), "; pick one of the ISAs that ",
+        "SupportedIsas() returns."));
+  }
+  switch (isa) {
+    case Isa::kScalar:
+      return std::make_unique<ScalarInt8Matmul>(
+          std::vector<int8_t>(weights.begin(), weights.end()), n, k,
+          std::vector<float>(scales.begin(), scales.end()), group_size);
+    case Isa::kAvx2:
+      break;
+    case Isa::kAvx512Vnni:
+      if (group_size == 0) {
+        return internal::CreateOneDnnInt8Matmul(weights, n, k, scales);
+      }
+      break;
+  }
+  return std::make_unique<PackedInt8Matmul>(
+      internal::PackInt8Weights(weights.data(), n, k, scales.data(), group_size), isa);
+}
+
+}  // namespace w8a8::kernels

@@ -1,0 +1,60 @@
+// Internal to the kernels: int8 weights repacked for the u8 x s8 dot-product instructions
+// (AVX-512 VNNI vpdpbusd, and AVX2 vpmaddwd after widening), and the ISA-specific loops over
+// them. The public entry point is Int8Matmul in gemm.h.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "kernels/cpu_features.h"
+
+namespace w8a8::kernels::internal {
+
+// Output rows (columns of y) that one packed block interleaves.
+inline constexpr int64_t kPackRows = 16;
+// Inputs that one 32-bit lane of vpdpbusd multiplies and sums.
+inline constexpr int64_t kPackDepth = 4;
+
+// Weights [n, k] split into blocks of kPackRows output rows. Each scale group of a row is
+// padded with zero weights to a multiple of kPackDepth inputs, so a group never shares a
+// 32-bit lane with the next one. Within a block the bytes are ordered [step][row][4], where a
+// step covers kPackDepth padded inputs, so a block is one contiguous stream of 64-byte lines.
+// Rows past n in the last block are zero.
+struct PackedInt8Weights {
+  int64_t n = 0;
+  int64_t k = 0;
+  int64_t group_size = 0;  // 0 for one scale per output row.
+  int64_t blocks = 0;      // ceil(n / kPackRows).
+  int64_t groups = 0;      // Scale groups per row: 1 for group_size 0, else ceil(k / group_size).
+  int64_t steps = 0;       // Steps per block, the padded k divided by kPackDepth.
+  std::vector<int32_t> group_steps;  // [groups]: steps in each group.
+  std::vector<int32_t> group_begin;  // [groups]: first input of each group in the unpadded k.
+  std::vector<int8_t> weights;       // [blocks][steps][kPackRows][kPackDepth].
+  // [blocks][groups][kPackRows]: 128 * the sum of the group's weights, subtracted because the
+  // activations enter the dot products as unsigned bytes x + 128.
+  std::vector<int32_t> compensation;
+  std::vector<float> scales;  // [blocks][groups][kPackRows], zero past n.
+
+  int64_t padded_k() const { return steps * kPackDepth; }
+};
+
+// Repacks `weights` [n, k] with `scales` (n entries for group_size 0, else [n, groups]).
+// The caller has validated the sizes.
+PackedInt8Weights PackInt8Weights(const int8_t* weights, int64_t n, int64_t k,
+                                  const float* scales, int64_t group_size);
+
+// Writes each row of xq [m, k] as unsigned bytes x + 128 into `xa` [m, padded_k], laid out
+// group by group like the packed weights. The padding bytes are 128 (x = 0).
+void PackActivations(const PackedInt8Weights& packed, const int8_t* xq, int64_t m,
+                     uint8_t* xa);
+
+// y[rows, n] for the column blocks [block_begin, block_end): per group, the int32 dot products
+// of the packed activations with the packed weights, minus the compensation, converted to FP32
+// and times the group scales; the sum over groups times x_scales[row]. `xa` has rows
+// consecutive rows of padded_k bytes. Single-threaded; the caller splits the blocks.
+void RunPackedAvx512(const PackedInt8Weights& packed, const uint8_t* xa, const float* x_scales,
+                     int64_t rows, int64_t block_begin, int64_t block_end, float* y);
+void RunPackedAvx2(const PackedInt8Weights& packed, const uint8_t* xa, const float* x_scales,
+                   int64_t rows, int64_t block_begin, int64_t block_end, float* y);
+
+}  // namespace w8a8::kernels::internal

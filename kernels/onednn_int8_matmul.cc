@@ -1,0 +1,158 @@
+#include "kernels/onednn_int8_matmul.h"
+
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "kernels/onednn_engine.h"
+
+namespace w8a8::kernels::internal {
+namespace {
+
+using dnnl::memory;
+
+// A primitive for one m with the description it was created from.
+struct Primitive {
+  explicit Primitive(const dnnl::matmul::primitive_desc& description)
+      : description(description), matmul(description) {}
+
+  dnnl::matmul::primitive_desc description;
+  dnnl::matmul matmul;
+};
+
+class OneDnnInt8Matmul final : public Int8Matmul {
+ public:
+  OneDnnInt8Matmul(int64_t n, int64_t k, std::vector<float> scales)
+      : n_(n), k_(k), scales_(std::move(scales)) {}
+
+  // Picks the weight layout for m = 1 and reorders `weights` [n, k] into it. Throws
+  // dnnl::error.
+  void PackWeights(std::span<const int8_t> weights) {
+    const dnnl::matmul::primitive_desc description =
+        Describe(1, WeightsDesc(memory::format_tag::any));
+    weights_desc_ = description.weights_desc();
+    weights_ = memory(weights_desc_, CpuEngine());
+    // [n, k] row-major is the [k, n] matrix oneDNN expects, in the transposed "ba" layout.
+    memory plain(WeightsDesc(memory::format_tag::ba), CpuEngine(),
+                 const_cast<int8_t*>(weights.data()));
+    dnnl::stream stream(CpuEngine());
+    dnnl::reorder(plain, weights_).execute(stream, plain, weights_);
+    stream.wait();
+    absl::MutexLock lock(&mutex_);
+    shapes_[1] = std::make_shared<Primitive>(description);
+  }
+
+  void Run(const int8_t* xq, const float* x_scales, int64_t m, float* y) const override {
+    if (m <= 0) return;
+    const std::shared_ptr<const Primitive> primitive = PrimitiveFor(m);
+    const dnnl::matmul::primitive_desc& description = primitive->description;
+
+    thread_local std::vector<char> scratchpad_buffer;
+    const memory::desc scratchpad_desc = description.scratchpad_desc();
+    scratchpad_buffer.resize(scratchpad_desc.get_size());
+
+    const dnnl::engine& engine = CpuEngine();
+    memory source(description.src_desc(), engine, const_cast<int8_t*>(xq));
+    memory destination(description.dst_desc(), engine, y);
+    memory weights = weights_;
+    memory scratchpad(scratchpad_desc, engine, scratchpad_buffer.data());
+    thread_local dnnl::stream stream(CpuEngine());
+    try {
+      primitive->matmul.execute(stream, {{DNNL_ARG_SRC, source},
+                                         {DNNL_ARG_WEIGHTS, weights},
+                                         {DNNL_ARG_DST, destination},
+                                         {DNNL_ARG_SCRATCHPAD, scratchpad}});
+      stream.wait();
+    } catch (const dnnl::error& error) {
+      Fail("execute", m, error);
+    }
+
+    const int64_t n = n_;
+#pragma omp parallel for schedule(static) if (m * n >= (int64_t{1} << 16))
+    for (int64_t row = 0; row < m; ++row) {
+      const float scale = x_scales[row];
+      float* y_row = y + row * n;
+#pragma omp simd
+      for (int64_t col = 0; col < n; ++col) y_row[col] *= scale;
+    }
+  }
+
+  int64_t n() const override { return n_; }
+  int64_t k() const override { return k_; }
+  int64_t group_size() const override { return 0; }
+  Isa isa() const override { return Isa::kAvx512Vnni; }
+
+ private:
+  memory::desc WeightsDesc(memory::format_tag tag) const {
+    return memory::desc({k_, n_}, memory::data_type::s8, tag);
+  }
+
+  dnnl::matmul::primitive_desc Describe(int64_t m, const memory::desc& weights) const {
+    const memory::desc source({m, k_}, memory::data_type::s8, memory::format_tag::ab);
+    const memory::desc destination({m, n_}, memory::data_type::f32, memory::format_tag::ab);
+    dnnl::primitive_attr attributes;
+    attributes.set_output_scales(1 << 1, scales_);
+    attributes.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+    return dnnl::matmul::primitive_desc(dnnl::matmul::desc(source, weights, destination),
+                                        attributes, CpuEngine());
+  }
+
+  std::shared_ptr<const Primitive> PrimitiveFor(int64_t m) const {
+    {
+      absl::ReaderMutexLock lock(&mutex_);
+      if (auto it = shapes_.find(m); it != shapes_.end()) return it->second;
+    }
+    // Creating a primitive takes milliseconds, so it happens outside the lock; two threads
+    // that miss at once both create one and the first to insert wins.
+    std::shared_ptr<const Primitive> primitive;
+    try {
+      primitive = std::make_shared<Primitive>(Describe(m, weights_desc_));
+    } catch (const dnnl::error& error) {
+      Fail("create the primitive", m, error);
+    }
+    absl::MutexLock lock(&mutex_);
+    return shapes_.try_emplace(m, std::move(primitive)).first->second;
+  }
+
+  // Run() has no error return. The weight layout is fixed when the first primitive is created
+  // and oneDNN accepts it for every m in practice, so a failure here is a bug: report, abort.
+  [[noreturn]] void Fail(const char* action, int64_t m, const dnnl::error& error) const {
+    std::fprintf(stderr, "oneDNN int8 matmul failed to %s for m=%lld, n=%lld, k=%lld: %s\n",
+                 action, static_cast<long long>(m), static_cast<long long>(n_),
+                 static_cast<long long>(k_), error.what());
+    std::abort();
+  }
+
+  int64_t n_;
+  int64_t k_;
+  std::vector<float> scales_;
+  memory::desc weights_desc_;
+  memory weights_;
+  mutable absl::Mutex mutex_;
+  mutable absl::flat_hash_map<int64_t, std::shared_ptr<const Primitive>> shapes_
+      ABSL_GUARDED_BY(mutex_);
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Int8Matmul>> CreateOneDnnInt8Matmul(
+    std::span<const int8_t> weights, int64_t n, int64_t k, std::span<const float> scales) {
+  auto matmul =
+      std::make_unique<OneDnnInt8Matmul>(n, k, std::vector<float>(scales.begin(), scales.end()));
+  try {
+    matmul->PackWeights(weights);
+  } catch (const dnnl::error& error) {
+    return absl::InternalError(absl::StrCat("oneDNN int8 matmul: could not prepare weights n=",
+                                            n, ", k=", k, ": ", error.what()));
+  }
+  return matmul;
+}
+
+}  // namespace w8a8::kernels::internal

@@ -1,0 +1,265 @@
+#include <cmath>
+#include <cstdint>
+#include <memory>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/cpu_features.h"
+#include "kernels/gemm.h"
+#include "kernels/reference.h"
+
+namespace w8a8::kernels {
+namespace {
+
+std::vector<int8_t> RandomInt8(int64_t count, int low, int high, uint32_t seed) {
+  std::mt19937 engine(seed);
+  std::uniform_int_distribution<int> distribution(low, high);
+  std::vector<int8_t> values(count);
+  for (int8_t& value : values) value = static_cast<int8_t>(distribution(engine));
+  return values;
+}
+
+std::vector<float> RandomScales(int64_t count, uint32_t seed) {
+  std::mt19937 engine(seed);
+  std::uniform_real_distribution<float> distribution(1e-4f, 1e-1f);
+  std::vector<float> values(count);
+  for (float& value : values) value = distribution(engine);
+  return values;
+}
+
+int64_t GroupCount(int64_t k, int64_t group_size) {
+  return group_size == 0 ? 1 : (k + group_size - 1) / group_size;
+}
+
+std::string Describe(Isa isa, int64_t m, int64_t n, int64_t k, int64_t group_size) {
+  return std::string(IsaName(isa)) + " m=" + std::to_string(m) + " n=" + std::to_string(n) +
+         " k=" + std::to_string(k) + " group_size=" + std::to_string(group_size);
+}
+
+std::unique_ptr<Int8Matmul> CreateOrDie(const std::vector<int8_t>& weights, int64_t n,
+                                        int64_t k, const std::vector<float>& scales,
+                                        int64_t group_size, Isa isa) {
+  absl::StatusOr<std::unique_ptr<Int8Matmul>> matmul =
+      Int8Matmul::Create(weights, n, k, scales, group_size, isa);
+  EXPECT_TRUE(matmul.ok()) << matmul.status();
+  return matmul.ok() ? std::move(matmul).value() : nullptr;
+}
+
+// Both the reference and a fast path compute x_scale * sum_g(S_g * w_g) from exact int32 group
+// sums S_g, each with at most G + 2 roundings of relative size u = 2^-24 (the conversion of
+// S_g, the product, the G - 1 additions and the final product; an FMA rounds once for two).
+// Each result is within gamma_{G+2} * |x_scale| * sum_g |S_g * w_g| of the exact value, with
+// gamma_j = j u / (1 - j u), so the two differ by at most twice that.
+double RoundingBound(const int32_t* sums, int64_t groups, const float* weight_scales,
+                     float x_scale) {
+  double magnitude = 0.0;
+  for (int64_t g = 0; g < groups; ++g) {
+    magnitude += std::fabs(double{weight_scales[g]} * static_cast<double>(sums[g]));
+  }
+  const double u = std::ldexp(1.0, -24);
+  const double j = static_cast<double>(groups + 2);
+  return 2.0 * (j * u / (1.0 - j * u)) * std::fabs(double{x_scale}) * magnitude + 1e-30;
+}
+
+// Runs every supported ISA on one shape and compares with the reference. With unit scales
+// every group sum and partial total is an integer below 2^24, so FP32 holds it exactly and the
+// comparison is exact; otherwise it allows RoundingBound.
+void ExpectMatchesReference(int64_t m, int64_t n, int64_t k, int64_t group_size, bool unit_scales,
+                            uint32_t seed) {
+  const int64_t groups = GroupCount(k, group_size);
+  const std::vector<int8_t> weights = RandomInt8(n * k, -127, 127, seed);
+  const std::vector<int8_t> xq = RandomInt8(m * k, -127, 127, seed + 1);
+  const std::vector<float> scales =
+      unit_scales ? std::vector<float>(n * groups, 1.0f) : RandomScales(n * groups, seed + 2);
+  const std::vector<float> x_scales =
+      unit_scales ? std::vector<float>(m, 1.0f) : RandomScales(m, seed + 3);
+
+  std::vector<int32_t> sums(m * n * groups);
+  reference::Int8GroupSums(xq.data(), m, weights.data(), n, k, group_size, sums.data());
+  std::vector<float> expected(m * n);
+  reference::Int8Matmul(xq.data(), x_scales.data(), m, weights.data(), n, k, scales.data(),
+                        group_size, expected.data());
+
+  for (Isa isa : SupportedIsas()) {
+    const std::string context = Describe(isa, m, n, k, group_size);
+    std::unique_ptr<Int8Matmul> matmul = CreateOrDie(weights, n, k, scales, group_size, isa);
+    ASSERT_NE(matmul, nullptr) << context;
+    std::vector<float> actual(m * n, std::nanf(""));
+    matmul->Run(xq.data(), x_scales.data(), m, actual.data());
+    for (int64_t row = 0; row < m; ++row) {
+      for (int64_t col = 0; col < n; ++col) {
+        const int64_t at = row * n + col;
+        if (unit_scales) {
+          ASSERT_EQ(actual[at], expected[at]) << context << " at row " << row << ", column "
+                                              << col;
+          continue;
+        }
+        const float* weight_scales =
+            group_size == 0 ? &scales[col] : &scales[col * groups];
+        const double bound = RoundingBound(&sums[at * groups], groups, weight_scales,
+                                           x_scales[row]);
+        ASSERT_NEAR(actual[at], expected[at], bound)
+            << context << " at row " << row << ", column " << col;
+      }
+    }
+  }
+}
+
+class Int8MatmulShapes : public ::testing::TestWithParam<int64_t> {};
+
+TEST_P(Int8MatmulShapes, IntegerSumsAreExact) {
+  const int64_t group_size = GetParam();
+  uint32_t seed = 100;
+  for (int64_t m : {1, 2, 7, 64}) {
+    for (int64_t n : {1, 5, 130}) {
+      for (int64_t k : {1, 3, 17, 172, 1000}) {
+        ExpectMatchesReference(m, n, k, group_size, /*unit_scales=*/true, seed += 4);
+      }
+    }
+  }
+}
+
+TEST_P(Int8MatmulShapes, ScaledResultsWithinRounding) {
+  const int64_t group_size = GetParam();
+  uint32_t seed = 5000;
+  for (int64_t m : {1, 2, 7, 64}) {
+    for (int64_t n : {1, 5, 130}) {
+      for (int64_t k : {1, 3, 17, 172, 1000}) {
+        ExpectMatchesReference(m, n, k, group_size, /*unit_scales=*/false, seed += 4);
+      }
+    }
+  }
+}
+
+// 0 is per-channel; 128 gives stories260K's down projection (k = 172) groups of 128 and 44;
+// 5 and 17 are not multiples of the 4-byte dot-product lane.
+INSTANTIATE_TEST_SUITE_P(GroupSizes, Int8MatmulShapes, ::testing::Values(0, 32, 128, 5, 17),
+                         [](const ::testing::TestParamInfo<int64_t>& info) {
+                           return "GroupSize" + std::to_string(info.param);
+                         });
+
+TEST(Int8Matmul, ExtremeValuesAreExact) {
+  // Weights at +-127 and activations over the whole int8 range, including -128, for the
+  // largest sums: 128 * 127 * 1000 < 2^24, so unit scales keep them exact in FP32.
+  const int64_t m = 3, n = 33, k = 1000;
+  for (int64_t group_size : {0, 128}) {
+    const int64_t groups = GroupCount(k, group_size);
+    std::vector<int8_t> weights(n * k);
+    for (int64_t i = 0; i < n * k; ++i) weights[i] = (i / k) % 2 == 0 ? 127 : -127;
+    std::vector<int8_t> xq(m * k);
+    for (int64_t i = 0; i < k; ++i) {
+      xq[i] = 127;
+      xq[k + i] = -128;
+      xq[2 * k + i] = static_cast<int8_t>(i % 2 == 0 ? 127 : -128);
+    }
+    const std::vector<float> scales(n * groups, 1.0f);
+    const std::vector<float> x_scales(m, 1.0f);
+    for (Isa isa : SupportedIsas()) {
+      const std::string context = Describe(isa, m, n, k, group_size);
+      std::unique_ptr<Int8Matmul> matmul = CreateOrDie(weights, n, k, scales, group_size, isa);
+      ASSERT_NE(matmul, nullptr) << context;
+      std::vector<float> y(m * n);
+      matmul->Run(xq.data(), x_scales.data(), m, y.data());
+      EXPECT_EQ(y[0], 127.0f * 127.0f * 1000.0f) << context;
+      EXPECT_EQ(y[1], -127.0f * 127.0f * 1000.0f) << context;
+      EXPECT_EQ(y[n], -128.0f * 127.0f * 1000.0f) << context;
+      EXPECT_EQ(y[n + 1], 128.0f * 127.0f * 1000.0f) << context;
+      EXPECT_EQ(y[2 * n], -127.0f * 500.0f) << context;
+    }
+  }
+}
+
+TEST(Int8Matmul, ReportsRequestedIsaAndShape) {
+  const std::vector<int8_t> weights(6 * 10, 1);
+  for (Isa isa : SupportedIsas()) {
+    for (int64_t group_size : {0, 4}) {
+      const std::vector<float> scales(6 * GroupCount(10, group_size), 1.0f);
+      std::unique_ptr<Int8Matmul> matmul = CreateOrDie(weights, 6, 10, scales, group_size, isa);
+      ASSERT_NE(matmul, nullptr);
+      EXPECT_EQ(matmul->isa(), isa);
+      EXPECT_EQ(matmul->n(), 6);
+      EXPECT_EQ(matmul->k(), 10);
+      EXPECT_EQ(matmul->group_size(), group_size);
+    }
+  }
+}
+
+TEST(Int8Matmul, RunsAnyRowCountOnOneMatrix) {
+  // One prepared matrix serves many m in turn, as decode (m = 1) and prefill alternate.
+  const int64_t n = 40, k = 64;
+  const std::vector<int8_t> weights = RandomInt8(n * k, -127, 127, 11);
+  for (Isa isa : SupportedIsas()) {
+    for (int64_t group_size : {0, 16}) {
+      const std::vector<float> scales(n * GroupCount(k, group_size), 1.0f);
+      std::unique_ptr<Int8Matmul> matmul = CreateOrDie(weights, n, k, scales, group_size, isa);
+      ASSERT_NE(matmul, nullptr);
+      for (int64_t m : {1, 9, 1, 3, 9}) {
+        const std::vector<int8_t> xq = RandomInt8(m * k, -127, 127, static_cast<uint32_t>(m));
+        const std::vector<float> x_scales(m, 1.0f);
+        std::vector<float> expected(m * n);
+        reference::Int8Matmul(xq.data(), x_scales.data(), m, weights.data(), n, k,
+                              scales.data(), group_size, expected.data());
+        std::vector<float> actual(m * n);
+        matmul->Run(xq.data(), x_scales.data(), m, actual.data());
+        EXPECT_EQ(actual, expected) << Describe(isa, m, n, k, group_size);
+      }
+    }
+  }
+}
+
+TEST(Int8Matmul, ConcurrentRunsAgree) {
+  const int64_t n = 96, k = 256;
+  const std::vector<int8_t> weights = RandomInt8(n * k, -127, 127, 21);
+  for (Isa isa : SupportedIsas()) {
+    for (int64_t group_size : {0, 64}) {
+      const std::vector<float> scales(n * GroupCount(k, group_size), 1.0f);
+      std::unique_ptr<Int8Matmul> matmul = CreateOrDie(weights, n, k, scales, group_size, isa);
+      ASSERT_NE(matmul, nullptr);
+      std::vector<std::vector<float>> results(4);
+      std::vector<std::vector<float>> expected(4);
+      std::vector<std::thread> threads;
+      for (int t = 0; t < 4; ++t) {
+        const int64_t m = 1 + 5 * t;
+        const std::vector<int8_t> xq = RandomInt8(m * k, -127, 127, 30 + t);
+        const std::vector<float> x_scales(m, 1.0f);
+        expected[t].resize(m * n);
+        reference::Int8Matmul(xq.data(), x_scales.data(), m, weights.data(), n, k,
+                              scales.data(), group_size, expected[t].data());
+        results[t].resize(m * n);
+        threads.emplace_back([&, t, m, xq, x_scales] {
+          for (int repeat = 0; repeat < 20; ++repeat) {
+            matmul->Run(xq.data(), x_scales.data(), m, results[t].data());
+          }
+        });
+      }
+      for (std::thread& thread : threads) thread.join();
+      for (int t = 0; t < 4; ++t) {
+        EXPECT_EQ(results[t], expected[t]) << Describe(isa, 1 + 5 * t, n, k, group_size);
+      }
+    }
+  }
+}
+
+TEST(Int8Matmul, CreateRejectsInvalidArguments) {
+  const std::vector<int8_t> weights(4 * 8, 1);
+  const std::vector<float> scales(4, 1.0f);
+  EXPECT_EQ(Int8Matmul::Create(weights, 4, 7, scales, 0).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Int8Matmul::Create(weights, 0, 8, scales, 0).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Int8Matmul::Create(weights, 4, 8, scales, -1).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  // Group size 3 over k = 8 needs 3 scales per row.
+  EXPECT_EQ(Int8Matmul::Create(weights, 4, 8, scales, 3).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  const std::vector<float> infinite = {1.0f, INFINITY, 1.0f, 1.0f};
+  const absl::Status status = Int8Matmul::Create(weights, 4, 8, infinite, 0).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(status.message().find("scale 1"), std::string::npos) << status;
+}
+
+}  // namespace
+}  // namespace w8a8::kernels
