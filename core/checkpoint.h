@@ -34,7 +34,9 @@ struct GgufTokenizerData {
   std::optional<std::string> chat_template;
 };
 
-// Where the tokenizer of a checkpoint comes from. Exactly one member is set.
+// Where the tokenizer of a checkpoint comes from. At most one member is set: none when the
+// checkpoint carries no tokenizer (a directory without tokenizer.json and tokenizer.model, or
+// a GGUF file without tokenizer.ggml.tokens).
 struct TokenizerSource {
   std::optional<std::filesystem::path> tokenizer_json;   // Hugging Face tokenizer.json.
   std::optional<std::filesystem::path> sentencepiece_model;  // tokenizer.model protobuf.
@@ -74,6 +76,12 @@ class Checkpoint {
   virtual const std::optional<nlohmann::json>& quantization_config() const = 0;
   // The whole config.json (or an equivalent built from GGUF metadata).
   virtual const nlohmann::json& raw_config() const = 0;
+
+  // Per-frequency divisors for Llama 3 rotary scaling ([head_dim / 2], F32), which some GGUF
+  // files carry as the tensor "rope_freqs.weight" instead of rope_scaling parameters. The
+  // tensor is also returned by Tensor("rope_freqs.weight") but not listed in TensorNames().
+  // nullopt for every other checkpoint.
+  virtual std::optional<TensorView> rope_frequency_factors() const { return std::nullopt; }
 };
 
 // Writes tensors as a .safetensors file with an optional "__metadata__" object. Tensors are
