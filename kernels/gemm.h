@@ -23,9 +23,11 @@ void GemmF32(Isa isa, const float* x, const float* w, float* y, int64_t m, int64
              int64_t k);
 
 // Symmetric int8 quantization of activations, dynamic: one scale per row (token), or one for
-// the whole matrix. scale = max|x| / 127 (1 for an all-zero matrix or row) and
+// the whole matrix. scale = max|x| / 127 (1 when max|x| < 1e-36, which includes all-zero
+// rows, so that 1 / scale stays finite; q is then 0) and
 // q = round-half-even(x * (1 / scale)), clamped to [-127, 127], so -128 never occurs.
-// Every ISA path gives the same bits as reference::QuantizePerToken. Single-threaded.
+// Every ISA path gives the same bits as the reference. Rows are split among OpenMP threads
+// for large inputs; thread-safe; inputs must be finite.
 void QuantizePerToken(const float* x, int64_t m, int64_t k, int8_t* q, float* scales);
 void QuantizePerTensor(const float* x, int64_t m, int64_t k, int8_t* q, float* scale);
 void QuantizePerToken(Isa isa, const float* x, int64_t m, int64_t k, int8_t* q, float* scales);

@@ -1,7 +1,10 @@
+#include <omp.h>
+
 #include <algorithm>
 #include <cstdint>
 
 #include "kernels/gemm.h"
+#include "kernels/gemm_f32_internal.h"
 
 namespace w8a8::kernels {
 namespace {
@@ -43,9 +46,9 @@ void DotRows(const float* x, const float* w_row, float* y, int64_t rows, int64_t
   for (int64_t r = 0; r < rows; ++r) y[r * n + col] = sums[r];
 }
 
-}  // namespace
-
-void GemmF32(const float* x, const float* w, float* y, int64_t m, int64_t n, int64_t k) {
+// The kScalar path: portable C++ that the compiler vectorizes for the baseline ISA.
+void GemmF32Portable(const float* x, const float* w, float* y, int64_t m, int64_t n,
+                     int64_t k) {
   // Each thread owns a range of output columns, so every row of w is read by one thread only.
   // For m > kRowBlock the rows of w are reread once per block of rows of x.
 #pragma omp parallel for schedule(static) if (n * k * m >= (int64_t{1} << 16))
@@ -56,6 +59,45 @@ void GemmF32(const float* x, const float* w, float* y, int64_t m, int64_t n, int
       DotRows(x + row * k, w_row, y + row * n, rows, n, k, col);
     }
   }
+}
+
+// The m = 1 case on AVX2 or AVX-512: threads split the weight rows into contiguous ranges.
+void GemmF32Decode(Isa isa, const float* x, const float* w, float* y, int64_t n, int64_t k) {
+  const int64_t threads = n * k >= (int64_t{1} << 16) ? omp_get_max_threads() : 1;
+#pragma omp parallel num_threads(static_cast<int>(threads))
+  {
+    const int64_t count = omp_get_num_threads();
+    const int64_t index = omp_get_thread_num();
+    // Ranges start at multiples of 4 rows, which the kernels process together.
+    const int64_t quads = (n + 3) / 4;
+    const int64_t begin = std::min(n, quads * index / count * 4);
+    const int64_t end = std::min(n, quads * (index + 1) / count * 4);
+    if (isa == Isa::kAvx512Vnni) {
+      internal::DotColumnsAvx512(x, w, y, k, begin, end);
+    } else {
+      internal::DotColumnsAvx2(x, w, y, k, begin, end);
+    }
+  }
+}
+
+}  // namespace
+
+void GemmF32(const float* x, const float* w, float* y, int64_t m, int64_t n, int64_t k) {
+  GemmF32(ActiveIsa(), x, w, y, m, n, k);
+}
+
+void GemmF32(Isa isa, const float* x, const float* w, float* y, int64_t m, int64_t n,
+             int64_t k) {
+  if (m <= 0 || n <= 0) return;
+  if (isa == Isa::kScalar || k == 0) {
+    GemmF32Portable(x, w, y, m, n, k);
+    return;
+  }
+  if (m == 1) {
+    GemmF32Decode(isa, x, w, y, n, k);
+    return;
+  }
+  if (!internal::OneDnnGemmF32(x, w, y, m, n, k)) GemmF32Portable(x, w, y, m, n, k);
 }
 
 }  // namespace w8a8::kernels

@@ -26,7 +26,8 @@ void GemmF32(const float* x, const float* w, float* y, int64_t m, int64_t n, int
 }
 
 float QuantizeWithMax(const float* x, int64_t count, float max_abs, int8_t* q) {
-  const float scale = max_abs > 0.0f ? max_abs / 127.0f : 1.0f;
+  // 1e-36 keeps 1 / scale finite (127 / FLT_MAX is 3.7e-37); smaller rows quantize to zeros.
+  const float scale = max_abs >= 1e-36f ? max_abs / 127.0f : 1.0f;
   const float inverse = 1.0f / scale;
   for (int64_t i = 0; i < count; ++i) {
     const float rounded = std::nearbyint(x[i] * inverse);

@@ -10,8 +10,8 @@ namespace w8a8::kernels::reference {
 void GemmF32(const float* x, const float* w, float* y, int64_t m, int64_t n, int64_t k);
 
 // Symmetric int8 quantization of `count` values with the given max |x|: scale = max_abs / 127
-// (1 when max_abs is 0) and q = round-half-even(x * (1 / scale)), clamped to [-127, 127].
-// Returns the scale.
+// (1 when max_abs < 1e-36, so 1 / scale stays finite) and q = round-half-even(x * (1 / scale)),
+// clamped to [-127, 127]. Returns the scale.
 float QuantizeWithMax(const float* x, int64_t count, float max_abs, int8_t* q);
 void QuantizePerToken(const float* x, int64_t m, int64_t k, int8_t* q, float* scales);
 void QuantizePerTensor(const float* x, int64_t m, int64_t k, int8_t* q, float* scale);

@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "kernels/cpu_features.h"
 #include "kernels/gemm.h"
 #include "kernels/reference.h"
 
@@ -40,14 +41,17 @@ void ExpectMatchesReference(const Shape& shape, uint32_t seed) {
   const std::vector<float> x = RandomFloats(m * k, seed);
   const std::vector<float> w = RandomFloats(n * k, seed + 1);
   std::vector<float> expected(m * n);
-  std::vector<float> actual(m * n, std::nanf(""));
   reference::GemmF32(x.data(), w.data(), expected.data(), m, n, k);
-  GemmF32(x.data(), w.data(), actual.data(), m, n, k);
-  for (int64_t row = 0; row < m; ++row) {
-    for (int64_t col = 0; col < n; ++col) {
-      const double bound = SummationBound(&x[row * k], &w[col * k], k);
-      ASSERT_NEAR(actual[row * n + col], expected[row * n + col], bound)
-          << "m=" << m << " n=" << n << " k=" << k << " at row " << row << ", column " << col;
+  for (Isa isa : SupportedIsas()) {
+    std::vector<float> actual(m * n, std::nanf(""));
+    GemmF32(isa, x.data(), w.data(), actual.data(), m, n, k);
+    for (int64_t row = 0; row < m; ++row) {
+      for (int64_t col = 0; col < n; ++col) {
+        const double bound = SummationBound(&x[row * k], &w[col * k], k);
+        ASSERT_NEAR(actual[row * n + col], expected[row * n + col], bound)
+            << IsaName(isa) << " m=" << m << " n=" << n << " k=" << k << " at row " << row
+            << ", column " << col;
+      }
     }
   }
 }
@@ -65,6 +69,7 @@ TEST(GemmF32, MatchesReferenceOnOddShapes) {
 
 TEST(GemmF32, MatchesReferenceOnLlamaShapes) {
   ExpectMatchesReference({1, 512, 2048}, 7);
+  ExpectMatchesReference({1, 64, 8192}, 10);
   ExpectMatchesReference({3, 256, 2048}, 8);
   ExpectMatchesReference({33, 96, 512}, 9);
 }
@@ -73,15 +78,34 @@ TEST(GemmF32, ComputesSmallProductExactly) {
   // x = [[1, 2], [3, 4]] and w = [[5, 6], [7, 8], [9, 10]], so every product and sum is exact.
   const std::vector<float> x = {1, 2, 3, 4};
   const std::vector<float> w = {5, 6, 7, 8, 9, 10};
-  std::vector<float> y(6);
-  GemmF32(x.data(), w.data(), y.data(), 2, 3, 2);
-  EXPECT_EQ(y, (std::vector<float>{17, 23, 29, 39, 53, 67}));
+  for (Isa isa : SupportedIsas()) {
+    std::vector<float> y(6);
+    GemmF32(isa, x.data(), w.data(), y.data(), 2, 3, 2);
+    EXPECT_EQ(y, (std::vector<float>{17, 23, 29, 39, 53, 67})) << IsaName(isa);
+    std::vector<float> first_row(3);
+    GemmF32(isa, x.data(), w.data(), first_row.data(), 1, 3, 2);
+    EXPECT_EQ(first_row, (std::vector<float>{17, 23, 29})) << IsaName(isa);
+  }
 }
 
 TEST(GemmF32, WritesZerosWhenKIsZero) {
-  std::vector<float> y(6, 1.0f);
-  GemmF32(nullptr, nullptr, y.data(), 2, 3, 0);
-  EXPECT_EQ(y, std::vector<float>(6, 0.0f));
+  for (Isa isa : SupportedIsas()) {
+    for (int64_t m : {1, 2}) {
+      std::vector<float> y(m * 3, 1.0f);
+      GemmF32(isa, nullptr, nullptr, y.data(), m, 3, 0);
+      EXPECT_EQ(y, std::vector<float>(m * 3, 0.0f)) << IsaName(isa) << " m=" << m;
+    }
+  }
+}
+
+TEST(GemmF32, ActiveIsaOverloadMatches) {
+  const std::vector<float> x = RandomFloats(3 * 40, 3);
+  const std::vector<float> w = RandomFloats(7 * 40, 4);
+  std::vector<float> active(3 * 7);
+  std::vector<float> explicit_isa(3 * 7);
+  GemmF32(x.data(), w.data(), active.data(), 3, 7, 40);
+  GemmF32(ActiveIsa(), x.data(), w.data(), explicit_isa.data(), 3, 7, 40);
+  EXPECT_EQ(active, explicit_isa);
 }
 
 }  // namespace
