@@ -23,8 +23,10 @@ class KvCache {
 
   static size_t BytesPerBlock(const ModelConfig& config, int64_t block_size);
 
+  int64_t num_layers() const { return num_layers_; }
   int64_t num_blocks() const { return num_blocks_; }
   int64_t block_size() const { return block_size_; }
+  int64_t floats_per_block() const { return block_floats_; }  // Of keys (or values), per layer.
   // Layout per layer and block: [kv_head][block_size][head_dim].
   float* keys(int64_t layer, int64_t block);
   float* values(int64_t layer, int64_t block);
@@ -64,6 +66,8 @@ struct LinearLayerInfo {
 
 class Model {
  public:
+  ~Model();
+
   // Loads norms and embeddings as FP32 and builds every linear layer through `factory`,
   // layer by layer.
   static absl::StatusOr<std::unique_ptr<Model>> Create(const Checkpoint& checkpoint,
@@ -72,8 +76,10 @@ class Model {
 
   // Runs the new tokens of every sequence in `batch` through the model, writes their keys and
   // values into `cache`, and appends the requested logits (vocab_size floats per row, in batch
-  // order) to `logits`. Sequences attend only to their own tokens. Safe to call from several
-  // threads with distinct caches.
+  // order) to `logits`. Sequences attend only to their own tokens. A sequence may appear only
+  // once per batch. Blocks until done and uses OpenMP worker threads. Safe to call from
+  // several threads with distinct caches. Fails without touching the cache when a step has no
+  // tokens, a token id outside the vocabulary, or a block table too short for its positions.
   absl::Status Forward(std::span<const SequenceStep> batch, KvCache& cache,
                        std::vector<float>& logits) const;
 
@@ -84,10 +90,16 @@ class Model {
  private:
   Model() = default;
   struct Layer;
+  struct ChunkStep;
+  absl::Status ValidateBatch(std::span<const SequenceStep> batch, const KvCache& cache) const;
+  // Runs at most max_batch_tokens tokens through every layer.
+  void RunChunk(std::span<const ChunkStep> steps, KvCache& cache, std::vector<float>& logits) const;
+
   ModelConfig config_;
   std::vector<float> embedding_;  // [vocab, hidden]
   std::vector<float> final_norm_;
-  std::unique_ptr<LinearLayer> lm_head_;  // Shares nothing with embedding_ when tied: a copy.
+  // With tied embeddings, lm_head_ reads embedding_ and reports 0 weight bytes of its own.
+  std::unique_ptr<LinearLayer> lm_head_;
   std::vector<std::unique_ptr<Layer>> layers_;
   std::vector<float> rope_inv_freq_;  // head_dim / 2 inverse frequencies after rope scaling.
   ModelOptions options_;

@@ -30,14 +30,24 @@ struct SamplingParams {
   absl::Status Validate() const;
 };
 
+// Picks tokens in a fixed order of steps: penalties for tokens in the history (repetition,
+// then frequency and presence), greedy argmax when temperature is 0, else logits / temperature,
+// top-k, top-p, min-p, and one inverse-CDF draw. The draw takes the top 53 bits of one
+// std::mt19937_64 output as a uniform double in [0, 1), so a seed gives the same tokens with
+// every standard library. Not thread-safe: one Sampler per sequence.
 class Sampler {
  public:
+  // `params` should have passed Validate(). Without params.has_seed, the seed comes from
+  // std::random_device.
   explicit Sampler(const SamplingParams& params);
-  // Picks the next token. `history` holds the prompt and generated tokens, for the penalties.
-  // `logits` is modified in place.
+  // Picks the next token. `history` holds the tokens the penalties count (the generator passes
+  // the prompt and the generated tokens); ids outside `logits` are ignored. `logits` is
+  // modified in place. Greedy ties go to the lowest id.
   int32_t Sample(std::span<float> logits, std::span<const int32_t> history);
 
  private:
+  void ApplyPenalties(std::span<float> logits, std::span<const int32_t> history) const;
+
   SamplingParams params_;
   std::mt19937_64 rng_;
 };

@@ -1,0 +1,49 @@
+#include "core/linear.h"
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "core/checkpoint.h"
+#include "core/status_macros.h"
+#include "kernels/gemm.h"
+
+namespace w8a8 {
+namespace {
+
+class Fp32Linear final : public LinearLayer {
+ public:
+  Fp32Linear(std::vector<float> weight, int64_t out_features, int64_t in_features)
+      : weight_(std::move(weight)), out_features_(out_features), in_features_(in_features) {}
+
+  void Forward(const float* x, int64_t m, float* y) const override {
+    kernels::GemmF32(x, weight_.data(), y, m, out_features_, in_features_);
+  }
+  int64_t in_features() const override { return in_features_; }
+  int64_t out_features() const override { return out_features_; }
+  std::string scheme() const override { return "fp32"; }
+  size_t weight_bytes() const override { return weight_.size() * sizeof(float); }
+
+ private:
+  std::vector<float> weight_;  // [out_features, in_features]
+  int64_t out_features_;
+  int64_t in_features_;
+};
+
+}  // namespace
+
+std::unique_ptr<LinearLayer> MakeFp32Linear(std::vector<float> weight, int64_t out_features,
+                                            int64_t in_features) {
+  return std::make_unique<Fp32Linear>(std::move(weight), out_features, in_features);
+}
+
+LinearFactory Fp32LinearFactory() {
+  return [](const Checkpoint& checkpoint, const std::string& name, int64_t out_features,
+            int64_t in_features) -> absl::StatusOr<std::unique_ptr<LinearLayer>> {
+    ASSIGN_OR_RETURN(std::vector<float> weight,
+                     checkpoint.LoadFloat32(absl::StrCat(name, ".weight"),
+                                            {out_features, in_features}));
+    return MakeFp32Linear(std::move(weight), out_features, in_features);
+  };
+}
+
+}  // namespace w8a8
