@@ -1,0 +1,160 @@
+#include "client/load_generator.h"
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_format.h"
+
+namespace w8a8::client {
+namespace {
+
+namespace v1 = ::w8a8serve::v1;
+using Clock = std::chrono::steady_clock;
+
+double SecondsBetween(Clock::time_point from, Clock::time_point to) {
+  return std::chrono::duration<double>(to - from).count();
+}
+
+// Nearest-rank percentiles.
+Percentiles Summarize(std::vector<double> samples) {
+  Percentiles result;
+  if (samples.empty()) return result;
+  std::sort(samples.begin(), samples.end());
+  auto rank = [&](double q) {
+    const size_t index = static_cast<size_t>(std::ceil(q * static_cast<double>(samples.size())));
+    return samples[std::clamp<size_t>(index, 1, samples.size()) - 1];
+  };
+  result.count = static_cast<int64_t>(samples.size());
+  double sum = 0;
+  for (double sample : samples) sum += sample;
+  result.mean = sum / static_cast<double>(samples.size());
+  result.p50 = rank(0.5);
+  result.p90 = rank(0.9);
+  result.p99 = rank(0.99);
+  result.max = samples.back();
+  return result;
+}
+
+nlohmann::json PercentilesToJson(const Percentiles& p) {
+  return {{"count", p.count}, {"mean", p.mean}, {"p50", p.p50},
+          {"p90", p.p90},     {"p99", p.p99},   {"max", p.max}};
+}
+
+}  // namespace
+
+LoadReport RunLoad(const std::shared_ptr<grpc::Channel>& channel,
+                   const ConnectionOptions& connection, const LoadOptions& options) {
+  std::unique_ptr<v1::W8A8Serve::Stub> stub = v1::W8A8Serve::NewStub(channel);
+  std::mutex mutex;
+  LoadReport report;
+  report.concurrency = options.concurrency;
+  std::vector<double> ttft, itl, latency;
+  std::atomic<int64_t> started{0};
+
+  const Clock::time_point start = Clock::now();
+  const Clock::time_point end =
+      start + std::chrono::microseconds(static_cast<int64_t>(options.duration_seconds * 1e6));
+  auto take_request = [&] {
+    if (options.requests > 0) return started.fetch_add(1) < options.requests;
+    return Clock::now() < end;
+  };
+
+  auto worker = [&] {
+    while (take_request()) {
+      grpc::ClientContext context;
+      PrepareContext(connection, context);
+      const Clock::time_point sent = Clock::now();
+      std::unique_ptr<grpc::ClientReader<v1::GenerateStreamResponse>> reader =
+          stub->GenerateStream(&context, options.request);
+      v1::GenerateStreamResponse message;
+      std::vector<double> gaps;
+      double first_token = -1;
+      Clock::time_point previous = sent;
+      int64_t tokens = 0;
+      while (reader->Read(&message)) {
+        const int count = message.token_ids_size();
+        if (count == 0) continue;
+        const Clock::time_point now = Clock::now();
+        if (first_token < 0) {
+          first_token = SecondsBetween(sent, now);
+          // Tokens that arrive with the first one share its latency.
+          for (int i = 1; i < count; ++i) gaps.push_back(0.0);
+        } else {
+          for (int i = 0; i < count; ++i) gaps.push_back(SecondsBetween(previous, now) / count);
+        }
+        previous = now;
+        tokens += count;
+      }
+      const grpc::Status status = reader->Finish();
+      const double total = SecondsBetween(sent, Clock::now());
+      std::lock_guard<std::mutex> lock(mutex);
+      if (status.ok()) {
+        ++report.succeeded;
+        report.generated_tokens += tokens;
+        if (first_token >= 0) ttft.push_back(first_token);
+        itl.insert(itl.end(), gaps.begin(), gaps.end());
+        latency.push_back(total);
+      } else {
+        ++report.failed;
+        ++report.errors[StatusCodeName(status.error_code())];
+        if (report.first_error.empty()) report.first_error = status.error_message();
+      }
+    }
+  };
+  std::vector<std::thread> threads;
+  for (int i = 0; i < options.concurrency; ++i) threads.emplace_back(worker);
+  for (std::thread& thread : threads) thread.join();
+
+  report.seconds = SecondsBetween(start, Clock::now());
+  if (report.seconds > 0) {
+    report.requests_per_second = static_cast<double>(report.succeeded) / report.seconds;
+    report.tokens_per_second = static_cast<double>(report.generated_tokens) / report.seconds;
+  }
+  report.time_to_first_token = Summarize(std::move(ttft));
+  report.inter_token_latency = Summarize(std::move(itl));
+  report.request_latency = Summarize(std::move(latency));
+  return report;
+}
+
+nlohmann::json LoadReportToJson(const LoadReport& report) {
+  return {{"concurrency", report.concurrency},
+          {"succeeded", report.succeeded},
+          {"failed", report.failed},
+          {"errors", report.errors},
+          {"first_error", report.first_error},
+          {"generated_tokens", report.generated_tokens},
+          {"seconds", report.seconds},
+          {"requests_per_second", report.requests_per_second},
+          {"tokens_per_second", report.tokens_per_second},
+          {"time_to_first_token_seconds", PercentilesToJson(report.time_to_first_token)},
+          {"inter_token_latency_seconds", PercentilesToJson(report.inter_token_latency)},
+          {"request_latency_seconds", PercentilesToJson(report.request_latency)}};
+}
+
+std::string FormatLoadReport(const LoadReport& report) {
+  auto row = [](const char* name, const Percentiles& p) {
+    return absl::StrFormat("%-22s %10.2f %10.2f %10.2f %10.2f %10.2f\n", name, p.mean * 1e3,
+                           p.p50 * 1e3, p.p90 * 1e3, p.p99 * 1e3, p.max * 1e3);
+  };
+  std::string text = absl::StrFormat(
+      "%d streams, %.2f s: %d succeeded, %d failed; %.2f requests/s, %.1f generated tokens/s\n",
+      report.concurrency, report.seconds, report.succeeded, report.failed,
+      report.requests_per_second, report.tokens_per_second);
+  for (const auto& [code, count] : report.errors) {
+    text += absl::StrFormat("  %s: %d\n", code, count);
+  }
+  if (!report.first_error.empty()) text += "  first error: " + report.first_error + "\n";
+  text += absl::StrFormat("%-22s %10s %10s %10s %10s %10s\n", "latency (ms)", "mean", "p50",
+                          "p90", "p99", "max");
+  text += row("time to first token", report.time_to_first_token);
+  text += row("inter-token", report.inter_token_latency);
+  text += row("request", report.request_latency);
+  return text;
+}
+
+}  // namespace w8a8::client

@@ -1,0 +1,48 @@
+// The `load` command: concurrent GenerateStream calls with latency percentiles.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+
+#include "client/connection.h"
+#include "nlohmann/json.hpp"
+#include "w8a8serve/v1/w8a8serve.grpc.pb.h"
+
+namespace w8a8::client {
+
+struct LoadOptions {
+  int concurrency = 4;            // Streams open at once.
+  double duration_seconds = 10;   // Used when `requests` is 0.
+  int64_t requests = 0;           // Total requests; 0 runs for duration_seconds.
+  w8a8serve::v1::GenerateRequest request;  // Sent by every stream; request_id stays empty.
+};
+
+struct Percentiles {
+  int64_t count = 0;
+  double mean = 0, p50 = 0, p90 = 0, p99 = 0, max = 0;
+};
+
+struct LoadReport {
+  int concurrency = 0;
+  int64_t succeeded = 0;
+  int64_t failed = 0;
+  std::map<std::string, int64_t> errors;  // gRPC status code name -> count.
+  std::string first_error;                // Message of the first failure.
+  int64_t generated_tokens = 0;
+  double seconds = 0;
+  double requests_per_second = 0;
+  double tokens_per_second = 0;
+  Percentiles time_to_first_token;  // Seconds from sending to the first token.
+  Percentiles inter_token_latency;  // Seconds per token after the first.
+  Percentiles request_latency;      // Seconds from sending to the end of the stream.
+};
+
+// Runs the load and blocks until every stream has finished.
+LoadReport RunLoad(const std::shared_ptr<grpc::Channel>& channel,
+                   const ConnectionOptions& connection, const LoadOptions& options);
+
+nlohmann::json LoadReportToJson(const LoadReport& report);
+std::string FormatLoadReport(const LoadReport& report);
+
+}  // namespace w8a8::client
