@@ -41,9 +41,9 @@ enum class ActivationScheme {
 std::string_view ActivationSchemeName(ActivationScheme scheme);
 absl::StatusOr<ActivationScheme> ParseActivationScheme(std::string_view name);
 
-// Thresholds of the automatic plan. A layer is an outlier when the robust z-score of the
-// natural log of its per-channel error, (log e - median) / (1.4826 * MAD) over all analysed
-// layers, exceeds `outlier_z` and its error is at least `min_error_ratio` times the median
+// Thresholds of the automatic plan. Let z = (log e - median) / (1.4826 * MAD) be the robust
+// z-score of the natural log of a layer's per-channel error e over all analysed layers. A layer
+// is an outlier when z exceeds `outlier_z` and e is at least `min_error_ratio` times the median
 // error. The second test keeps a model whose errors are all nearly equal (tiny MAD) from
 // getting per-group layers for noise.
 struct PlanThresholds {
@@ -114,6 +114,8 @@ struct LayerAnalysis {
 struct ModelAnalysis {
   std::string model;  // Checkpoint path.
   int64_t group_size = 0;
+  // False when only names and shapes were read (fixed-scheme plans skip the weight statistics).
+  bool has_figures = true;
   std::vector<LayerAnalysis> layers;  // In checkpoint order: layer by layer, q/k/v/o, gate/up/down.
 };
 
@@ -189,7 +191,7 @@ absl::StatusOr<QuantPlan> PlanFromJson(const nlohmann::json& json, const std::st
 // activations).
 absl::StatusOr<QuantPlan> ResolvePlan(const Checkpoint& checkpoint, const std::string& plan);
 
-// Returns a factory that builds each linear layer as `plan` says, quantizing the FP32 weights
+// Returns a factory that builds each linear layer with the scheme `plan` lists, quantizing the FP32 weights
 // of the checkpoint it is called with. Layers that the plan does not list are FP32.
 LinearFactory LinearFactoryForQuantPlan(const QuantPlan& plan);
 

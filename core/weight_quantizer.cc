@@ -12,24 +12,24 @@ namespace {
 
 constexpr float kInt8Max = 127.0f;
 
-float ScaleForMax(float max_abs) { return max_abs > 0.0f ? max_abs / kInt8Max : 1.0f; }
-
-int8_t QuantizeValue(float value, float inverse_scale) {
-  const float rounded = std::nearbyint(value * inverse_scale);
-  return static_cast<int8_t>(std::clamp(rounded, -kInt8Max, kInt8Max));
-}
-
-// Quantizes w[begin, end) with one scale and returns that scale.
+// Quantizes the `count` values at `w` with one scale and returns that scale.
 float QuantizeSpan(const float* w, int8_t* q, int64_t count) {
   float max_abs = 0.0f;
   for (int64_t i = 0; i < count; ++i) max_abs = std::max(max_abs, std::fabs(w[i]));
-  const float scale = ScaleForMax(max_abs);
+  const float scale = Int8ScaleForMaxAbs(max_abs);
   const float inverse_scale = 1.0f / scale;
-  for (int64_t i = 0; i < count; ++i) q[i] = QuantizeValue(w[i], inverse_scale);
+  for (int64_t i = 0; i < count; ++i) q[i] = QuantizeToInt8(w[i], inverse_scale);
   return scale;
 }
 
 }  // namespace
+
+float Int8ScaleForMaxAbs(float max_abs) { return max_abs > 0.0f ? max_abs / kInt8Max : 1.0f; }
+
+int8_t QuantizeToInt8(float value, float inverse_scale) {
+  const float rounded = std::nearbyint(value * inverse_scale);
+  return static_cast<int8_t>(std::clamp(rounded, -kInt8Max, kInt8Max));
+}
 
 std::string_view WeightSchemeName(WeightScheme scheme) {
   switch (scheme) {

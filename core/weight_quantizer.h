@@ -23,7 +23,7 @@ std::string_view WeightSchemeName(WeightScheme scheme);
 // Accepts the names above and "fp32" for kFp.
 absl::StatusOr<WeightScheme> ParseWeightScheme(std::string_view name);
 
-// Groups per row: ceil(in_features / group_size). The last group holds
+// Groups per row: ceil(in_features / group_size). The last group has
 // in_features - (groups - 1) * group_size inputs.
 int64_t NumGroups(int64_t in_features, int64_t group_size);
 int64_t LastGroupSize(int64_t in_features, int64_t group_size);
@@ -55,4 +55,8 @@ absl::StatusOr<QuantizedWeight> QuantizeWeight(std::span<const float> weight, in
 // Returns values times scales as FP32, row-major.
 std::vector<float> DequantizeWeight(const QuantizedWeight& weight);
 
+// The rounding rule shared by QuantizeWeight and the error analysis, so both agree bit for bit:
+// scale = max_abs / 127 (1 when max_abs is 0) and q = round-half-even(value / scale), clamped.
+float Int8ScaleForMaxAbs(float max_abs);
+int8_t QuantizeToInt8(float value, float inverse_scale);
 }  // namespace w8a8
