@@ -47,10 +47,27 @@ class Tokenizer {
   virtual int32_t vocab_size() const = 0;
   virtual std::optional<int32_t> bos_id() const = 0;
   virtual std::vector<int32_t> eos_ids() const = 0;  // Every end-of-sequence or end-of-turn id.
+  // Whether the tokenizer's own configuration prepends BOS to an encoded text (tokenizer.json
+  // post_processor, tokenizer_config.json add_bos_token, GGUF add_bos_token). Callers that
+  // follow the model's convention pass this as `add_bos`.
+  virtual bool adds_bos() const { return bos_id().has_value(); }
   virtual std::string type() const = 0;             // "bpe" or "sentencepiece".
   // Whether the first decoded piece loses the leading space SentencePiece adds to the text.
   virtual bool strips_leading_space() const { return false; }
 };
+
+// Scans the UTF-8 sequence that starts at `bytes[0]`. A well-formed character gives its
+// length; a sequence cut short by the end of `bytes` gives the available length with
+// `incomplete`; an ill-formed one gives the length of its maximal subpart (at least 1), which
+// decoders replace with one U+FFFD, with `invalid`.
+struct Utf8Scan {
+  size_t length = 0;
+  bool incomplete = false;
+  bool invalid = false;
+};
+Utf8Scan ScanUtf8Sequence(std::string_view bytes);
+// Copies `bytes`, replacing each maximal invalid UTF-8 subsequence with U+FFFD.
+std::string ReplaceInvalidUtf8(std::string_view bytes);
 
 // Turns a stream of token ids into text pieces, holding back bytes until they form complete
 // UTF-8 characters, so a character split over several tokens is never emitted broken.
@@ -76,7 +93,8 @@ struct ChatMessage {
 
 // Builds the Llama 3 chat prompt: BOS, then per message a header
 // "<|start_header_id|>role<|end_header_id|>\n\n" with the content and "<|eot_id|>", then an open
-// assistant header when `add_generation_prompt`. Rejects an unknown role or an empty list.
+// assistant header when `add_generation_prompt`. Content is trimmed of surrounding whitespace,
+// as Meta's chat template does. Rejects an unknown role or an empty list.
 absl::StatusOr<std::string> FormatLlama3Chat(const std::vector<ChatMessage>& messages,
                                              bool add_generation_prompt = true);
 
