@@ -142,7 +142,7 @@ bool IsWhitespaceByte(char c) {
   return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f';
 }
 
-// The names LLaMA 3 gives its end-of-text and end-of-turn tokens.
+// End-of-text and end-of-turn tokens of LLaMA 3; <|eom_id|> exists from LLaMA 3.1 on.
 constexpr std::array<std::string_view, 3> kEndTokenNames = {"<|end_of_text|>", "<|eot_id|>",
                                                             "<|eom_id|>"};
 
