@@ -31,3 +31,6 @@ fi
 if [[ -f tests/reference/package.json ]]; then
   (cd tests/reference && npm ci --no-audit --no-fund --loglevel=error)
 fi
+if [[ -f tests/deploy/package.json ]]; then
+  (cd tests/deploy && npm ci --no-audit --no-fund --loglevel=error)
+fi
