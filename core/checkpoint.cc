@@ -69,69 +69,124 @@ absl::StatusOr<std::vector<float>> Checkpoint::LoadFloat32(
 
 namespace checkpoint_internal {
 
-absl::Status CheckLlamaTensorSet(const ModelConfig& config,
-                                 const std::map<std::string, const TensorView*>& tensors,
-                                 bool quantized, const std::string& source) {
+namespace {
+
+struct ExpectedTensor {
+  std::vector<int64_t> shape;
+  bool is_linear = false;
+};
+
+constexpr std::string_view kLayerTensors[] = {
+    "input_layernorm.weight", "post_attention_layernorm.weight", "self_attn.q_proj.weight",
+    "self_attn.k_proj.weight", "self_attn.v_proj.weight",        "self_attn.o_proj.weight",
+    "mlp.gate_proj.weight",   "mlp.up_proj.weight",              "mlp.down_proj.weight",
+};
+
+// The shape of `suffix` ("mlp.up_proj.weight") in any layer; nullopt for unknown suffixes.
+std::optional<ExpectedTensor> ExpectedLayerTensor(const ModelConfig& config,
+                                                  std::string_view suffix) {
   const int64_t head_dim =
       config.head_dim != 0 ? config.head_dim : config.hidden_size / config.num_attention_heads;
   const int64_t hidden = config.hidden_size;
   const int64_t q_rows = config.num_attention_heads * head_dim;
   const int64_t kv_rows = config.num_key_value_heads * head_dim;
   const int64_t intermediate = config.intermediate_size;
-
-  // Expected tensors: name -> (shape, whether it is a linear weight).
-  std::map<std::string, std::pair<std::vector<int64_t>, bool>> expected;
-  expected["model.embed_tokens.weight"] = {{config.vocab_size, hidden}, false};
-  expected["model.norm.weight"] = {{hidden}, false};
-  if (!config.tie_word_embeddings) expected["lm_head.weight"] = {{config.vocab_size, hidden}, true};
-  for (int64_t layer = 0; layer < config.num_hidden_layers; ++layer) {
-    const std::string prefix = absl::StrCat("model.layers.", layer, ".");
-    expected[prefix + "input_layernorm.weight"] = {{hidden}, false};
-    expected[prefix + "post_attention_layernorm.weight"] = {{hidden}, false};
-    expected[prefix + "self_attn.q_proj.weight"] = {{q_rows, hidden}, true};
-    expected[prefix + "self_attn.k_proj.weight"] = {{kv_rows, hidden}, true};
-    expected[prefix + "self_attn.v_proj.weight"] = {{kv_rows, hidden}, true};
-    expected[prefix + "self_attn.o_proj.weight"] = {{hidden, q_rows}, true};
-    expected[prefix + "mlp.gate_proj.weight"] = {{intermediate, hidden}, true};
-    expected[prefix + "mlp.up_proj.weight"] = {{intermediate, hidden}, true};
-    expected[prefix + "mlp.down_proj.weight"] = {{hidden, intermediate}, true};
+  if (suffix == "input_layernorm.weight" || suffix == "post_attention_layernorm.weight") {
+    return ExpectedTensor{{hidden}, false};
   }
+  if (suffix == "self_attn.q_proj.weight") return ExpectedTensor{{q_rows, hidden}, true};
+  if (suffix == "self_attn.k_proj.weight" || suffix == "self_attn.v_proj.weight") {
+    return ExpectedTensor{{kv_rows, hidden}, true};
+  }
+  if (suffix == "self_attn.o_proj.weight") return ExpectedTensor{{hidden, q_rows}, true};
+  if (suffix == "mlp.gate_proj.weight" || suffix == "mlp.up_proj.weight") {
+    return ExpectedTensor{{intermediate, hidden}, true};
+  }
+  if (suffix == "mlp.down_proj.weight") return ExpectedTensor{{hidden, intermediate}, true};
+  return std::nullopt;
+}
 
-  for (const auto& [name, spec] : expected) {
-    const auto& [shape, is_linear] = spec;
+// The expected shape of tensor `name` for `config`, or nullopt when the model has no such
+// tensor (including layers at or past num_hidden_layers).
+std::optional<ExpectedTensor> ExpectedTensorFor(const ModelConfig& config,
+                                                const std::string& name) {
+  if (name == "model.embed_tokens.weight") {
+    return ExpectedTensor{{config.vocab_size, config.hidden_size}, false};
+  }
+  if (name == "model.norm.weight") return ExpectedTensor{{config.hidden_size}, false};
+  if (name == "lm_head.weight" && !config.tie_word_embeddings) {
+    return ExpectedTensor{{config.vocab_size, config.hidden_size}, true};
+  }
+  constexpr std::string_view kPrefix = "model.layers.";
+  if (!name.starts_with(kPrefix)) return std::nullopt;
+  const size_t dot = name.find('.', kPrefix.size());
+  if (dot == std::string::npos) return std::nullopt;
+  const std::string layer_text = name.substr(kPrefix.size(), dot - kPrefix.size());
+  int64_t layer = 0;
+  if (layer_text.empty() || layer_text.size() > 9 ||
+      layer_text.find_first_not_of("0123456789") != std::string::npos ||
+      (layer_text.size() > 1 && layer_text[0] == '0')) {
+    return std::nullopt;
+  }
+  layer = std::stoll(layer_text);
+  if (layer >= config.num_hidden_layers) return std::nullopt;
+  return ExpectedLayerTensor(config, std::string_view(name).substr(dot + 1));
+}
+
+}  // namespace
+
+absl::Status CheckLlamaTensorSet(const ModelConfig& config,
+                                 const std::map<std::string, const TensorView*>& tensors,
+                                 bool quantized, const std::string& source) {
+  // Names in checking order. The loop stops at the first missing tensor, so a corrupt layer
+  // count cannot make it run long.
+  const auto check_present = [&](const std::string& name) -> absl::Status {
+    const std::optional<ExpectedTensor> expected = ExpectedTensorFor(config, name);
     const auto it = tensors.find(name);
     if (it == tensors.end()) {
       return absl::InvalidArgumentError(absl::StrCat(
           source, ": tensor '", name, "' is missing; a LLaMA model with ",
-          config.num_hidden_layers, " layers", config.tie_word_embeddings ? "" : " and untied embeddings",
-          " needs it"));
+          config.num_hidden_layers, " layers",
+          config.tie_word_embeddings ? "" : " and untied embeddings", " needs it"));
     }
     const TensorView& tensor = *it->second;
-    if (tensor.shape != shape) {
+    if (tensor.shape != expected->shape) {
       return absl::InvalidArgumentError(absl::StrCat(
-          source, ": tensor '", name, "' has shape ", ShapeString(tensor.shape), ", but the config (hidden_size ",
-          hidden, ", intermediate_size ", intermediate, ", ", config.num_attention_heads,
-          " heads, ", config.num_key_value_heads, " key/value heads, head_dim ", head_dim,
-          ", vocab_size ", config.vocab_size, ") needs ", ShapeString(shape)));
+          source, ": tensor '", name, "' has shape ", ShapeString(tensor.shape),
+          ", but the config (hidden_size ", config.hidden_size, ", intermediate_size ",
+          config.intermediate_size, ", ", config.num_attention_heads, " heads, ",
+          config.num_key_value_heads, " key/value heads, head_dim ", config.head_dim,
+          ", vocab_size ", config.vocab_size, ") needs ", ShapeString(expected->shape)));
     }
-    const bool int8_linear = is_linear && quantized && tensor.dtype == DType::kI8;
+    const bool int8_linear = expected->is_linear && quantized && tensor.dtype == DType::kI8;
     if (!IsFloatDType(tensor.dtype) && !int8_linear) {
       return absl::InvalidArgumentError(absl::StrCat(
           source, ": tensor '", name, "' has dtype ", std::string(DTypeName(tensor.dtype)),
-          is_linear ? "; linear weights must be F32, F16, BF16 or Q8_0, or I8 with a "
-                      "quantization_config in config.json"
-                    : "; norms and embeddings must be F32, F16, BF16 or Q8_0"));
+          expected->is_linear ? "; linear weights must be F32, F16, BF16 or Q8_0, or I8 with "
+                                "a quantization_config in config.json"
+                              : "; norms and embeddings must be F32, F16, BF16 or Q8_0"));
+    }
+    return absl::OkStatus();
+  };
+
+  RETURN_IF_ERROR(check_present("model.embed_tokens.weight"));
+  for (int64_t layer = 0; layer < config.num_hidden_layers; ++layer) {
+    for (std::string_view suffix : kLayerTensors) {
+      RETURN_IF_ERROR(
+          check_present(absl::StrCat("model.layers.", layer, ".", std::string(suffix))));
     }
   }
+  RETURN_IF_ERROR(check_present("model.norm.weight"));
+  if (!config.tie_word_embeddings) RETURN_IF_ERROR(check_present("lm_head.weight"));
 
   std::vector<std::string> extra;
   for (const auto& [name, tensor] : tensors) {
-    if (expected.contains(name)) continue;
+    if (ExpectedTensorFor(config, name).has_value()) continue;
     // Older checkpoints store the rotary inverse frequencies, which the runtime recomputes.
     if (absl::EndsWith(name, ".rotary_emb.inv_freq")) continue;
     // Tied checkpoints may still store lm_head as a copy of the embedding.
     if (name == "lm_head.weight" && config.tie_word_embeddings &&
-        tensor->shape == std::vector<int64_t>{config.vocab_size, hidden}) {
+        tensor->shape == std::vector<int64_t>{config.vocab_size, config.hidden_size}) {
       continue;
     }
     if (quantized) {
@@ -141,9 +196,8 @@ absl::Status CheckLlamaTensorSet(const ModelConfig& config,
         if (!absl::EndsWith(name, suffix)) continue;
         const std::string weight =
             absl::StrCat(name.substr(0, name.size() - suffix.size()), ".weight");
-        const auto it = expected.find(weight);
-        if ((it != expected.end() && it->second.second) ||
-            (weight == "lm_head.weight" && config.tie_word_embeddings)) {
+        const std::optional<ExpectedTensor> base = ExpectedTensorFor(config, weight);
+        if ((base.has_value() && base->is_linear) || weight == "lm_head.weight") {
           is_quantization_tensor = true;
         }
       }

@@ -9,6 +9,7 @@
 
 #include "absl/status/statusor.h"
 #include "core/checkpoint.h"
+#include "core/gguf.h"
 
 namespace w8a8::checkpoint_internal {
 
@@ -18,6 +19,9 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> OpenHfDirectory(const std::filesyste
 
 // Opens a GGUF file of architecture "llama".
 absl::StatusOr<std::unique_ptr<Checkpoint>> OpenGgufFile(const std::filesystem::path& path);
+// Builds the checkpoint from an already parsed GGUF file (for example one parsed from memory
+// by tests); path() is the file's source().
+absl::StatusOr<std::unique_ptr<Checkpoint>> OpenGgufCheckpoint(std::unique_ptr<GgufFile> file);
 
 // Checks `tensors` (Hugging Face names) against the set a LLaMA model with `config` needs:
 // the embedding, per layer two norms and seven linear weights, the final norm, and lm_head

@@ -254,10 +254,11 @@ absl::StatusOr<ModelConfig> ReadConfig(const GgufFile& file, const MetadataReade
 
 class GgufCheckpoint : public Checkpoint {
  public:
-  static absl::StatusOr<std::unique_ptr<Checkpoint>> Open(const std::filesystem::path& path) {
+  static absl::StatusOr<std::unique_ptr<Checkpoint>> Open(std::unique_ptr<GgufFile> gguf,
+                                                          const std::filesystem::path& path) {
     std::unique_ptr<GgufCheckpoint> checkpoint(new GgufCheckpoint());
     checkpoint->path_ = path;
-    ASSIGN_OR_RETURN(checkpoint->file_, GgufFile::Open(path));
+    checkpoint->file_ = std::move(gguf);
     const GgufFile& file = *checkpoint->file_;
     const MetadataReader meta(file);
 
@@ -381,7 +382,13 @@ class GgufCheckpoint : public Checkpoint {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Checkpoint>> OpenGgufFile(const std::filesystem::path& path) {
-  return GgufCheckpoint::Open(path);
+  ASSIGN_OR_RETURN(std::unique_ptr<GgufFile> file, GgufFile::Open(path));
+  return GgufCheckpoint::Open(std::move(file), path);
+}
+
+absl::StatusOr<std::unique_ptr<Checkpoint>> OpenGgufCheckpoint(std::unique_ptr<GgufFile> file) {
+  const std::filesystem::path path = file->source();
+  return GgufCheckpoint::Open(std::move(file), path);
 }
 
 }  // namespace w8a8::checkpoint_internal
