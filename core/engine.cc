@@ -584,6 +584,20 @@ void Engine::Impl::RunModel(const std::shared_ptr<const Model>& model,
 }
 
 void Engine::Impl::Deliver(const StepStats* step) {
+  // Publish the load first, so a caller woken by a last update already sees the freed blocks.
+  EngineStats stats;
+  {
+    absl::MutexLock lock(&mu_);
+    num_queued_ = static_cast<int64_t>(waiting_.size() + incoming_.size());
+    published_.running = static_cast<int64_t>(running_.size());
+    published_.kv_blocks_used = allocator_.num_used();
+    published_.steps = steps_;
+    published_.preemptions = preemptions_;
+    stats = published_;
+    stats.waiting = num_queued_;
+    stats.draining = draining_;
+  }
+
   // Updates of running sequences, then the last updates of finished ones. Callbacks run
   // without mu_ held.
   for (auto& sequence : running_) {
@@ -595,23 +609,15 @@ void Engine::Impl::Deliver(const StepStats* step) {
     InvokeCallback(*sequence);
     if (observer_ != nullptr) observer_->OnRequestFinished(sequence->Stats());
   }
-
-  EngineStats stats;
-  {
-    absl::MutexLock lock(&mu_);
-    for (const auto& sequence : finished) active_ids_.erase(sequence->request().request_id);
-    num_queued_ = static_cast<int64_t>(waiting_.size() + incoming_.size());
-    published_.running = static_cast<int64_t>(running_.size());
-    published_.kv_blocks_used = allocator_.num_used();
-    published_.steps = steps_;
-    published_.preemptions = preemptions_;
-    stats = published_;
-    stats.waiting = num_queued_;
-    stats.draining = draining_;
-  }
   if (observer_ != nullptr) {
     if (step != nullptr) observer_->OnStep(*step);
     observer_->OnLoad(stats);
+  }
+
+  // Drain waits for the ids to go, so they go after every callback and observer call.
+  if (!finished.empty()) {
+    absl::MutexLock lock(&mu_);
+    for (const auto& sequence : finished) active_ids_.erase(sequence->request().request_id);
   }
 }
 

@@ -207,12 +207,13 @@ class Engine {
   absl::Status Submit(GenerationRequest request, GenerationCallback callback);
 
   // Asks the engine to stop the request; its last update follows with kCancelled and its blocks
-  // are freed. Returns NOT_FOUND when no request with that id is in flight.
+  // are freed. Returns NOT_FOUND when no request with that id is in flight. A request is in
+  // flight from Submit until its last callback returns.
   absl::Status Cancel(std::string_view request_id);
 
   // Stops admitting new requests (Submit returns UNAVAILABLE from now on), lets queued and
   // running requests finish, and after `grace` finishes the rest with kError (UNAVAILABLE).
-  // Blocks until no request is left.
+  // Blocks until no request is in flight, so every last callback has returned.
   void Drain(absl::Duration grace);
 
   // Starts new requests on `model` from now on. Requests already submitted finish on the model
