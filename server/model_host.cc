@@ -1,0 +1,162 @@
+#include "server/model_host.h"
+
+#include <string>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "core/status_macros.h"
+#include "spdlog/spdlog.h"
+
+namespace w8a8::server {
+namespace {
+
+std::string SchemeSummary(const ServedModel& served) {
+  return absl::StrJoin(served.layers_per_scheme, ", ", [](std::string* out, const auto& entry) {
+    absl::StrAppend(out, entry.second, " ", entry.first);
+  });
+}
+
+}  // namespace
+
+std::string_view UpdateStateName(UpdateState state) {
+  switch (state) {
+    case UpdateState::kIdle:
+      return "idle";
+    case UpdateState::kRunning:
+      return "running";
+    case UpdateState::kSucceeded:
+      return "succeeded";
+    case UpdateState::kFailed:
+      return "failed";
+  }
+  return "unknown";
+}
+
+absl::StatusOr<std::unique_ptr<ModelHost>> ModelHost::Load(
+    const ModelHostOptions& options, std::shared_ptr<ServerMetrics> metrics,
+    std::function<void(const UpdateStatus&)> on_update_finished) {
+  std::unique_ptr<ModelHost> host(new ModelHost());
+  host->options_ = options;
+  host->metrics_ = std::move(metrics);
+  host->on_update_finished_ = std::move(on_update_finished);
+
+  const absl::Time start = absl::Now();
+  ASSIGN_OR_RETURN(host->checkpoint_, Checkpoint::Open(options.model_path));
+  ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tokenizer,
+                   Tokenizer::FromSource(host->checkpoint_->tokenizer_source()));
+  host->tokenizer_ = std::move(tokenizer);
+  spdlog::info("opened {} ({}, {} layers, hidden size {}, vocabulary {}, tokenizer {}) in {:.3f} s",
+               options.model_path, host->checkpoint_->format(),
+               host->checkpoint_->config().num_hidden_layers,
+               host->checkpoint_->config().hidden_size, host->checkpoint_->config().vocab_size,
+               host->tokenizer_->type(), absl::ToDoubleSeconds(absl::Now() - start));
+
+  ASSIGN_OR_RETURN(ResolvedQuantization resolved,
+                   ResolveQuantization(*host->checkpoint_, options.quantization));
+  ASSIGN_OR_RETURN(ServedModel served,
+                   BuildServedModel(*host->checkpoint_, resolved, options.model));
+  spdlog::info("quantized with plan {}: {}; analysis {:.3f} s, model build {:.3f} s, "
+               "{} bytes of linear weights",
+               served.plan_name, SchemeSummary(served), served.analysis_seconds,
+               served.build_seconds, served.model->weight_bytes());
+
+  auto shared = std::make_shared<const ServedModel>(std::move(served));
+  ASSIGN_OR_RETURN(host->engine_, Engine::Create(shared->model, host->tokenizer_, options.engine,
+                                                 host->metrics_, "1"));
+  host->PublishModel(std::move(shared), 1);
+  return host;
+}
+
+ModelHost::~ModelHost() {
+  if (update_thread_.joinable()) update_thread_.join();
+  engine_.reset();
+}
+
+std::shared_ptr<const ServedModel> ModelHost::current() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return current_;
+}
+
+int64_t ModelHost::version() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return version_;
+}
+
+UpdateStatus ModelHost::update_status() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return update_;
+}
+
+void ModelHost::WaitForUpdate() {
+  std::unique_lock<std::mutex> lock(mutex_);
+  update_done_.wait(lock, [this] { return update_.state != UpdateState::kRunning; });
+}
+
+absl::StatusOr<int64_t> ModelHost::StartUpdate(const QuantizationRequest& request) {
+  ASSIGN_OR_RETURN(ResolvedQuantization resolved, ResolveQuantization(*checkpoint_, request));
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (update_.state == UpdateState::kRunning) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "a quantization update to version ", update_.target_version,
+        " is still running; wait for it (GetQuantizationConfig shows its state) and retry"));
+  }
+  // The previous update thread has finished its work; join it before starting the next.
+  if (update_thread_.joinable()) update_thread_.join();
+  const int64_t target = std::max(version_, update_.target_version) + 1;
+  update_ = UpdateStatus{UpdateState::kRunning, "", target};
+  spdlog::info("quantization update to version {} with plan {} started", target,
+               resolved.plan_name);
+  update_thread_ = std::thread(&ModelHost::RunUpdate, this, std::move(resolved), target);
+  return target;
+}
+
+void ModelHost::RunUpdate(ResolvedQuantization resolved, int64_t version) {
+  const absl::Time start = absl::Now();
+  absl::Status status;
+  absl::StatusOr<ServedModel> served = BuildServedModel(*checkpoint_, resolved, options_.model);
+  if (served.ok()) {
+    auto shared = std::make_shared<const ServedModel>(*std::move(served));
+    status = engine_->SwapModel(shared->model, std::to_string(version));
+    if (status.ok()) {
+      PublishModel(shared, version);
+      spdlog::info("quantization update to version {} done in {:.3f} s: plan {}: {}", version,
+                   absl::ToDoubleSeconds(absl::Now() - start), shared->plan_name,
+                   SchemeSummary(*shared));
+    }
+  } else {
+    status = served.status();
+  }
+  const double seconds = absl::ToDoubleSeconds(absl::Now() - start);
+  if (!status.ok()) {
+    spdlog::error("quantization update to version {} failed after {:.3f} s, version {} keeps "
+                  "serving: {}",
+                  version, seconds, this->version(), status.ToString());
+  }
+  if (metrics_ != nullptr) {
+    metrics_->RecordQuantizationUpdate(status.ok() ? "succeeded" : "failed", seconds);
+  }
+  UpdateStatus finished;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    update_.state = status.ok() ? UpdateState::kSucceeded : UpdateState::kFailed;
+    update_.error = status.ok() ? "" : status.ToString();
+    finished = update_;
+  }
+  update_done_.notify_all();
+  if (on_update_finished_) on_update_finished_(finished);
+}
+
+void ModelHost::PublishModel(std::shared_ptr<const ServedModel> served, int64_t version) {
+  if (metrics_ != nullptr) {
+    metrics_->SetServedModel(options_.model_path, checkpoint_->config().architecture,
+                             tokenizer_->type(), version, *served);
+  }
+  std::lock_guard<std::mutex> lock(mutex_);
+  current_ = std::move(served);
+  version_ = version;
+}
+
+}  // namespace w8a8::server
