@@ -1,5 +1,9 @@
 #include "tools/flags.h"
 
+#include <cstdint>
+#include <string>
+#include <vector>
+
 #include "absl/flags/flag.h"
 
 ABSL_FLAG(std::string, model, "",
@@ -15,3 +19,38 @@ ABSL_FLAG(std::string, log_level, "warn", "Log level: trace, debug, info, warn, 
 ABSL_FLAG(bool, special, false,
           "tokenize: encode special-token strings such as <|eot_id|> as their ids instead of "
           "as plain text.");
+
+// generate
+ABSL_FLAG(std::string, prompt, "", "Prompt text for generate.");
+ABSL_FLAG(int64_t, max_tokens, 256, "Maximum number of tokens to generate.");
+ABSL_FLAG(double, temperature, 1.0, "Sampling temperature; 0 selects greedy decoding.");
+ABSL_FLAG(int64_t, top_k, 0, "Sample only among the k most likely tokens; 0 keeps every token.");
+ABSL_FLAG(double, top_p, 1.0,
+          "Sample only among the most likely tokens whose probabilities sum to top_p, in (0, 1].");
+ABSL_FLAG(double, min_p, 0.0,
+          "Drop tokens whose probability is below min_p times the top token's, in [0, 1].");
+ABSL_FLAG(double, repetition_penalty, 1.0,
+          "Divide positive (multiply negative) logits of tokens already seen; 1 disables it.");
+ABSL_FLAG(double, frequency_penalty, 0.0,
+          "Subtract this times the count of each token already seen, in [-2, 2].");
+ABSL_FLAG(double, presence_penalty, 0.0,
+          "Subtract this once from every token already seen, in [-2, 2].");
+ABSL_FLAG(std::vector<std::string>, stop, {},
+          "Comma-separated stop strings; the output ends before the first one.");
+ABSL_FLAG(bool, ignore_eos, false, "Keep generating past end-of-sequence tokens.");
+ABSL_FLAG(bool, chat, false,
+          "Wrap the prompt as one user message in the Llama 3 chat template.");
+ABSL_FLAG(std::string, plan, "fp32",
+          "Linear-layer quantization: fp32, per-channel, per-group, per-tensor, auto, or a plan "
+          "or config file.");
+
+// make-model
+ABSL_FLAG(std::string, preset, "",
+          "Architecture for make-model: llama-3.2-1b, llama-3.1-8b or llama3-tiny.");
+ABSL_FLAG(std::string, config, "",
+          "A Hugging Face config.json for make-model, instead of --preset.");
+ABSL_FLAG(std::string, tokenizer, "",
+          "tokenizer.json to copy into the model made by make-model; by default the Llama 3 "
+          "tokenizer under tests/reference/node_modules.");
+ABSL_FLAG(int64_t, max_shard_mb, 2048,
+          "make-model splits weights into shards of at most this many MiB.");

@@ -397,7 +397,8 @@ TEST(ModelTest, SmallMaxBatchTokensSplitsWithoutChangingLogits) {
   auto checkpoint = RandomCheckpoint(SmallConfig(), 6);
   auto whole = Model::Create(*checkpoint, Fp32LinearFactory());
   auto split = Model::Create(*checkpoint, Fp32LinearFactory(), ModelOptions{.max_batch_tokens = 3});
-  ASSERT_TRUE(whole.ok() && split.ok());
+  ASSERT_TRUE(whole.ok()) << whole.status();
+  ASSERT_TRUE(split.ok()) << split.status();
   const std::vector<float> a = RunInPieces(**whole, kPrompt, kPrompt.size(), Iota(5), 4, 5);
   const std::vector<float> b = RunInPieces(**split, kPrompt, kPrompt.size(), Iota(5), 4, 5);
   ASSERT_EQ(a.size(), b.size());
