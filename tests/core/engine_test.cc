@@ -15,6 +15,7 @@
 #include "absl/synchronization/notification.h"
 #include "core/checkpoint.h"
 #include "core/linear.h"
+#include "core/make_model.h"
 #include "core/model.h"
 #include "core/tokenizer.h"
 #include "gtest/gtest.h"
@@ -490,6 +491,35 @@ TEST_F(EngineTest, DrainGraceEndsSlowRequests) {
   EXPECT_EQ(engine->Stats().kv_blocks_used, 0);
 }
 
+class CountingObserver : public EngineObserver {
+ public:
+  void OnStep(const StepStats& step) override {
+    absl::MutexLock lock(&mu_);
+    steps += 1;
+    decode_tokens += step.num_decode_tokens;
+    prefill_tokens += step.num_prefill_tokens;
+    max_sequences = std::max(max_sequences, step.num_sequences);
+  }
+  void OnRequestFinished(const RequestStats& request) override {
+    absl::MutexLock lock(&mu_);
+    finished.push_back(request);
+  }
+  void OnLoad(const EngineStats& stats) override {
+    absl::MutexLock lock(&mu_);
+    loads += 1;
+    last_load = stats;
+  }
+
+  absl::Mutex mu_;
+  int64_t steps = 0;
+  int64_t decode_tokens = 0;
+  int64_t prefill_tokens = 0;
+  int64_t max_sequences = 0;
+  int64_t loads = 0;
+  std::vector<RequestStats> finished;
+  EngineStats last_load;
+};
+
 TEST_F(EngineTest, ModelSwapUnderLoadDropsNothing) {
   std::shared_ptr<const Model> second = LoadSecondModel();
   ASSERT_NE(second, nullptr);
@@ -500,7 +530,8 @@ TEST_F(EngineTest, ModelSwapUnderLoadDropsNothing) {
   std::vector<std::vector<int32_t>> solo;
   for (int i = 0; i < 8; ++i) solo.push_back(RunSolo(requests[static_cast<size_t>(i)]));
 
-  std::unique_ptr<Engine> engine = MakeEngine(SmallOptions());
+  auto observer = std::make_shared<CountingObserver>();
+  std::unique_ptr<Engine> engine = MakeEngine(SmallOptions(), observer);
   ASSERT_NE(engine, nullptr);
   std::vector<std::unique_ptr<Collector>> collectors;
   for (int i = 0; i < 8; ++i) {
@@ -526,12 +557,37 @@ TEST_F(EngineTest, ModelSwapUnderLoadDropsNothing) {
     EXPECT_EQ(last.model_label, i < 8 ? "stories260K" : "second") << i;
     EXPECT_EQ(collector.Tokens(), solo[static_cast<size_t>(i % 8)]) << i;
   }
+  // Some step ran sequences of both models, one forward pass each.
+  absl::MutexLock lock(&observer->mu_);
+  EXPECT_GT(observer->max_sequences, 8);
 }
 
 TEST_F(EngineTest, SwapRejectsOtherLayout) {
   std::unique_ptr<Engine> engine = MakeEngine(SmallOptions());
   ASSERT_NE(engine, nullptr);
   EXPECT_EQ(engine->SwapModel(nullptr, "none").code(), absl::StatusCode::kInvalidArgument);
+
+  // A model like stories260K with two layers instead of five has another KV-cache layout.
+  testing::TempDir dir;
+  MakeModelOptions make_options;
+  make_options.config = LoadStories260K().model->config();
+  make_options.config.num_hidden_layers = 2;
+  ASSERT_TRUE(MakeModel(make_options, dir.path()).ok());
+  auto checkpoint = Checkpoint::Open(dir.path());
+  ASSERT_TRUE(checkpoint.ok()) << checkpoint.status();
+  auto other = Model::Create(**checkpoint, Fp32LinearFactory());
+  ASSERT_TRUE(other.ok()) << other.status();
+
+  const absl::Status status = engine->SwapModel(std::move(*other), "two-layers");
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(status.message().find("num_hidden_layers"), std::string::npos) << status;
+  EXPECT_EQ(engine->Stats().model_label, "stories260K");
+
+  // The engine keeps serving on its model.
+  Collector collector;
+  ASSERT_TRUE(engine->Submit(Greedy("after", "Mom said", 5), collector.Callback()).ok());
+  ASSERT_TRUE(collector.Wait());
+  EXPECT_TRUE(collector.Last().status.ok()) << collector.Last().status;
 }
 
 TEST_F(EngineTest, StopStringEndsTextBeforeIt) {
@@ -633,35 +689,6 @@ TEST_F(EngineTest, EchoScoresPromptTokens) {
   EXPECT_EQ(updates[0].prompt_text, "Once upon a time");
   for (size_t i = 1; i < updates.size(); ++i) EXPECT_TRUE(updates[i].prompt_tokens.empty());
 }
-
-class CountingObserver : public EngineObserver {
- public:
-  void OnStep(const StepStats& step) override {
-    absl::MutexLock lock(&mu_);
-    steps += 1;
-    decode_tokens += step.num_decode_tokens;
-    prefill_tokens += step.num_prefill_tokens;
-    max_sequences = std::max(max_sequences, step.num_sequences);
-  }
-  void OnRequestFinished(const RequestStats& request) override {
-    absl::MutexLock lock(&mu_);
-    finished.push_back(request);
-  }
-  void OnLoad(const EngineStats& stats) override {
-    absl::MutexLock lock(&mu_);
-    loads += 1;
-    last_load = stats;
-  }
-
-  absl::Mutex mu_;
-  int64_t steps = 0;
-  int64_t decode_tokens = 0;
-  int64_t prefill_tokens = 0;
-  int64_t max_sequences = 0;
-  int64_t loads = 0;
-  std::vector<RequestStats> finished;
-  EngineStats last_load;
-};
 
 TEST_F(EngineTest, ObserverSeesStepsAndRequests) {
   auto observer = std::make_shared<CountingObserver>();
