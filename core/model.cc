@@ -435,29 +435,40 @@ void Model::RunChunk(std::span<const ChunkStep> steps, KvCache& cache,
           const int64_t context = token_position[t] + 1;
           const int64_t kv_head = h / group;
           const float* query = q.data() + t * q_features + h * head_dim;
+          // Walk the block table block by block, so no division runs per position.
           float max_score = -INFINITY;
-          for (int64_t p = 0; p < context; ++p) {
-            const int64_t block = step.block_table[static_cast<size_t>(p / block_size)];
-            const float* key =
-                cache.keys(layer_index, block) + (kv_head * block_size + p % block_size) * head_dim;
-            float dot = 0.0f;
-            for (int64_t d = 0; d < head_dim; ++d) dot += query[d] * key[d];
-            scores[static_cast<size_t>(p)] = dot * scale;
-            max_score = std::max(max_score, scores[static_cast<size_t>(p)]);
+          for (int64_t first = 0; first < context; first += block_size) {
+            const int64_t block = step.block_table[static_cast<size_t>(first / block_size)];
+            const float* keys = cache.keys(layer_index, block) + kv_head * block_size * head_dim;
+            const int64_t count = std::min(block_size, context - first);
+            for (int64_t slot = 0; slot < count; ++slot) {
+              const float* key = keys + slot * head_dim;
+              float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+              for (int64_t d = 0; d < head_dim; ++d) dot += query[d] * key[d];
+              const float score = dot * scale;
+              scores[static_cast<size_t>(first + slot)] = score;
+              max_score = std::max(max_score, score);
+            }
           }
           float sum = 0.0f;
           for (int64_t p = 0; p < context; ++p) {
             scores[static_cast<size_t>(p)] = std::exp(scores[static_cast<size_t>(p)] - max_score);
             sum += scores[static_cast<size_t>(p)];
           }
+          const float inv_sum = 1.0f / sum;
           float* out = attention.data() + t * q_features + h * head_dim;
           std::fill(out, out + head_dim, 0.0f);
-          for (int64_t p = 0; p < context; ++p) {
-            const int64_t block = step.block_table[static_cast<size_t>(p / block_size)];
-            const float* value = cache.values(layer_index, block) +
-                                 (kv_head * block_size + p % block_size) * head_dim;
-            const float weight = scores[static_cast<size_t>(p)] / sum;
-            for (int64_t d = 0; d < head_dim; ++d) out[d] += weight * value[d];
+          for (int64_t first = 0; first < context; first += block_size) {
+            const int64_t block = step.block_table[static_cast<size_t>(first / block_size)];
+            const float* values = cache.values(layer_index, block) + kv_head * block_size * head_dim;
+            const int64_t count = std::min(block_size, context - first);
+            for (int64_t slot = 0; slot < count; ++slot) {
+              const float* value = values + slot * head_dim;
+              const float weight = scores[static_cast<size_t>(first + slot)] * inv_sum;
+#pragma omp simd
+              for (int64_t d = 0; d < head_dim; ++d) out[d] += weight * value[d];
+            }
           }
         }
       }

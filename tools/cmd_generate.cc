@@ -102,6 +102,7 @@ int RunGenerate(const std::vector<std::string>& args) {
         std::fflush(stdout);
       });
   std::fputs("\n", stdout);
+  std::fflush(stdout);
   if (!result.ok()) return Fail(result.status());
 
   // The first token comes from the prefill; the rest from one decode step each.

@@ -132,6 +132,34 @@ TEST(Stories260KCliTest, GeneratePrintsReferenceContinuation) {
   EXPECT_NE(testing::ReadFile(temp / "stderr").find("finish reason: length"), std::string::npos);
 }
 
+TEST(Stories260KCliTest, GenerateWithInt8PlanKeepsGreedyStart) {
+  const testing::TempDir temp;
+  const std::string command = testing::W8a8Tool().string() + " generate --model " +
+                              testing::Stories260KGguf().string() +
+                              " --prompt 'Once upon a time' --max-tokens 8 --temperature 0 "
+                              "--plan per-channel > " +
+                              (temp / "stdout").string() + " 2> " + (temp / "stderr").string();
+  const int status = std::system(command.c_str());
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0) << testing::ReadFile(temp / "stderr");
+  // Per-channel int8 weights change the logits slightly, not the first greedy words.
+  EXPECT_EQ(testing::ReadFile(temp / "stdout").rfind("Once upon a time, there was a little", 0),
+            0u)
+      << testing::ReadFile(temp / "stdout");
+}
+
+TEST(Stories260KCliTest, GenerateRejectsUnknownPlan) {
+  const testing::TempDir temp;
+  const std::string command = testing::W8a8Tool().string() + " generate --model " +
+                              testing::Stories260KGguf().string() +
+                              " --prompt x --plan no-such-plan 2> " + (temp / "stderr").string();
+  const int status = std::system(command.c_str());
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 1);
+  EXPECT_NE(testing::ReadFile(temp / "stderr").find("no-such-plan"), std::string::npos)
+      << testing::ReadFile(temp / "stderr");
+}
+
 TEST(Stories260KCliTest, GenerateRejectsInvalidTemperature) {
   const testing::TempDir temp;
   const std::string command = testing::W8a8Tool().string() + " generate --model " +
