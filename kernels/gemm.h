@@ -3,6 +3,7 @@
 // once, in cpu_features.cc.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -37,8 +38,9 @@ void QuantizePerTensor(Isa isa, const float* x, int64_t m, int64_t k, int8_t* q,
 // const and thread-safe; it blocks until y is written and threads with OpenMP. Every int8
 // value -128..127 is valid in both operands.
 // Paths: kScalar runs the reference. kAvx2 and kAvx512Vnni repack the weights into blocks of
-// 16 rows for a u8 x s8 dot-product loop (activations + 128, minus 128 * the weight sums),
-// except per-channel weights on kAvx512Vnni, which go through oneDNN's int8 matmul.
+// 16 rows for a u8 x s8 dot-product loop (activations + 128, minus 128 * the weight sums).
+// Per-channel weights on kAvx512Vnni go through oneDNN's int8 matmul for m > 1 and keep a
+// packed copy for m = 1, where the packed loop is faster (see memory_bytes()).
 class Int8Matmul {
  public:
   virtual ~Int8Matmul() = default;
@@ -63,6 +65,8 @@ class Int8Matmul {
   virtual int64_t group_size() const = 0;
   // The ISA path this matrix was prepared for.
   virtual Isa isa() const = 0;
+  // Bytes of prepared weights, compensation terms and scales this object holds.
+  virtual size_t memory_bytes() const = 0;
 };
 
 }  // namespace w8a8::kernels

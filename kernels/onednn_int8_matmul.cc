@@ -88,6 +88,9 @@ class OneDnnInt8Matmul final : public Int8Matmul {
   int64_t k() const override { return k_; }
   int64_t group_size() const override { return 0; }
   Isa isa() const override { return Isa::kAvx512Vnni; }
+  size_t memory_bytes() const override {
+    return weights_desc_.get_size() + scales_.size() * sizeof(float);
+  }
 
  private:
   memory::desc WeightsDesc(memory::format_tag tag) const {

@@ -183,6 +183,7 @@ TEST(Int8Matmul, ReportsRequestedIsaAndShape) {
       EXPECT_EQ(matmul->n(), 6);
       EXPECT_EQ(matmul->k(), 10);
       EXPECT_EQ(matmul->group_size(), group_size);
+      EXPECT_GE(matmul->memory_bytes(), size_t{6 * 10}) << IsaName(isa);
     }
   }
 }
