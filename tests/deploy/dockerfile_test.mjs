@@ -4,7 +4,7 @@
 // the runtime stage installs the package of every shared library the built binaries load.
 //
 // The binary checks read W8A8_BUILD_DIR and W8A8_SERVER_BINARY, W8A8_CLIENT_BINARY,
-// W8A8_TOOL_BINARY, which tests/deploy/CMakeLists.txt sets; without them they are skipped.
+// W8A8_TOOL_BINARY, which tests/deploy/CMakeLists.txt sets. Without them they are skipped.
 import assert from "node:assert/strict";
 import { execFileSync, spawnSync } from "node:child_process";
 import fs from "node:fs";

@@ -24,8 +24,29 @@ function packageOf(apiVersion) {
   return packageByGroup[group] ?? "kubernetes-models";
 }
 
+let kustomizeChecked = false;
+
+// The manifests use kustomize features (labels with includeTemplates, components) that the
+// kustomize v5 in kubectl 1.27 and later has. Debian 12's kubernetes-client is kubectl 1.20 with
+// kustomize v2.0.3, which predates them, so the version is checked before the first render.
+function checkKustomizeVersion() {
+  if (kustomizeChecked) return;
+  let version;
+  try {
+    version = JSON.parse(execFileSync("kubectl", ["version", "--client", "-o", "json"], { encoding: "utf8" })).kustomizeVersion;
+  } catch (error) {
+    throw new Error(`kubectl version --client failed (install kubectl 1.27 or later): ${error.message}`);
+  }
+  const major = Number(/^v?(\d+)\./.exec(version ?? "")?.[1]);
+  if (!(major >= 5)) {
+    throw new Error(`kubectl embeds kustomize ${version ?? "(unknown)"}, but the manifests need kustomize v5: install kubectl 1.27 or later`);
+  }
+  kustomizeChecked = true;
+}
+
 // Runs `kubectl kustomize` on a directory and returns its output.
 export function kustomize(dir) {
+  checkKustomizeVersion();
   try {
     return execFileSync("kubectl", ["kustomize", dir], { encoding: "utf8", stdio: "pipe" });
   } catch (error) {
@@ -33,7 +54,7 @@ export function kustomize(dir) {
   }
 }
 
-// Parses every document of a YAML stream; a syntax error throws with the source name.
+// Parses every document of a YAML stream. A syntax error throws an Error that names the source.
 export function parseYamlDocuments(text, source) {
   const objects = [];
   for (const document of YAML.parseAllDocuments(text)) {
@@ -65,7 +86,7 @@ function describe(object) {
 }
 
 // Validates objects against the JSON schemas compiled into the model classes. Returns one
-// message per invalid object; an apiVersion/kind without a model class is an error too.
+// message per invalid object. An apiVersion and kind without a model class is an error too.
 export async function schemaErrors(objects) {
   const errors = [];
   for (const object of objects) {
@@ -143,7 +164,7 @@ export function unknownFieldErrors(objects) {
   return errors;
 }
 
-// Finds one object by kind and name; throws when it is missing.
+// Finds one object by kind and name, and throws when it is missing.
 export function findObject(objects, kind, name) {
   const found = objects.find((object) => object.kind === kind && object.metadata?.name === name);
   if (!found) throw new Error(`no ${kind} named ${name} in the rendered manifests`);

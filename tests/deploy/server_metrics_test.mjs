@@ -161,7 +161,7 @@ describe("server metrics", { skip: serverBinary && clientBinary ? false : "W8A8_
   });
 
   test("plan update succeeds", async () => {
-    // The admin listener serves admin RPCs without a token; it binds 127.0.0.1 only.
+    // Without an admin token, the admin listener on 127.0.0.1 serves admin RPCs to any caller.
     await run(clientBinary, [
       "quant", "update", `--address=127.0.0.1:${ports.admin}`, "--plan=per-channel", "--wait", "--timeout-seconds=120",
     ]);

@@ -4,13 +4,13 @@
 #   HF_REPO      repository id, e.g. meta-llama/Llama-3.1-8B-Instruct (required)
 #   HF_FILES     space-separated file paths inside the repository (required)
 #   MODEL_DIR    destination directory on the model volume (required)
-#   HF_REVISION  branch, tag or commit; a commit id makes the download reproducible (default main)
+#   HF_REVISION  branch, tag or commit id, where a commit id is reproducible (default main)
 #   HF_ENDPOINT  hub address (default https://huggingface.co)
 #   HF_TOKEN     access token for gated or private repositories (optional)
 #
 # Each file is written to a temporary name and renamed when complete, so a server never reads
 # a partial file, and pods that download at the same time cannot corrupt each other's files.
-# A marker records the repository, revision and file list; when it matches, nothing is fetched.
+# A marker records the repository, revision and file list. When it matches, nothing is fetched.
 set -eu
 
 : "${HF_REPO:?HF_REPO is not set: set it to the repository id, e.g. meta-llama/Llama-3.1-8B-Instruct}"
