@@ -4,9 +4,9 @@
 //
 //   kernel_bench [--benchmark_filter=REGEX]     W8A8_ISA=avx2 lowers the ISA.
 //
-// "cold" decode benchmarks cycle through copies of the weights that together exceed the
-// last-level cache, as decoding a whole model does, so they measure DRAM bandwidth; the other
-// benchmarks reuse one matrix that may stay in cache. ReadBandwidth is the reference: a plain
+// The "cold" decode benchmarks cycle through copies of the weights that together exceed the
+// last-level cache, as decoding a whole model does, so they measure DRAM bandwidth. The other
+// benchmarks reuse one matrix that may stay in cache. ReadBandwidth is the baseline: a plain
 // threaded sum over 1 GiB.
 #include <omp.h>
 

@@ -14,28 +14,29 @@
 
 namespace w8a8::kernels {
 
-// y[m, n] = x[m, k] * w[n, k]^T, all row-major FP32. Threads with OpenMP; thread-safe.
-// m = 1 streams w once with AVX-512 FMA; m > 1 uses oneDNN's f32 matmul (primitives cached per
-// shape). Other ISAs use a portable blocked loop. Results match a sequential sum up to
-// floating-point rounding, not bit for bit.
+// y[m, n] = x[m, k] * w[n, k]^T, all row-major FP32. Thread-safe, and threads with OpenMP.
+// On kAvx2 and kAvx512Vnni, m = 1 streams w once with FMA, and m > 1 goes through oneDNN's f32
+// matmul (measured faster than the portable loop), with primitives cached per shape. kScalar
+// runs a portable blocked loop. Results equal a sequential sum up to floating-point rounding,
+// not bit for bit.
 void GemmF32(const float* x, const float* w, float* y, int64_t m, int64_t n, int64_t k);
 // The same on a given ISA path, which the CPU must support (see SupportedIsas()).
 void GemmF32(Isa isa, const float* x, const float* w, float* y, int64_t m, int64_t n,
              int64_t k);
 
 // Symmetric int8 quantization of activations, dynamic: one scale per row (token), or one for
-// the whole matrix. scale = max|x| / 127 (1 when max|x| < 1e-36, which includes all-zero
-// rows, so that 1 / scale stays finite; q is then 0) and
-// q = round-half-even(x * (1 / scale)), clamped to [-127, 127], so -128 never occurs.
-// Every ISA path gives the same bits as the reference. Rows are split among OpenMP threads
-// for large inputs; thread-safe; inputs must be finite.
+// the whole matrix. scale = max|x| / 127 and q = round-half-even(x * (1 / scale)), clamped to
+// [-127, 127], so -128 never occurs. When max|x| < 1e-36 (all-zero rows included), 1 / scale
+// would overflow, so scale is 1 and q is 0. Every ISA path gives the same bits as the
+// reference. Inputs must be finite. Thread-safe, and large inputs split rows among OpenMP
+// threads.
 void QuantizePerToken(const float* x, int64_t m, int64_t k, int8_t* q, float* scales);
 void QuantizePerTensor(const float* x, int64_t m, int64_t k, int8_t* q, float* scale);
 void QuantizePerToken(Isa isa, const float* x, int64_t m, int64_t k, int8_t* q, float* scales);
 void QuantizePerTensor(Isa isa, const float* x, int64_t m, int64_t k, int8_t* q, float* scale);
 
 // An int8 weight matrix [n, k] with its scales, prepared once for repeated products. Run() is
-// const and thread-safe; it blocks until y is written and threads with OpenMP. Every int8
+// const and thread-safe. It blocks until y is written and threads with OpenMP. Every int8
 // value -128..127 is valid in both operands.
 // Paths: kScalar runs the reference. kAvx2 and kAvx512Vnni repack the weights into blocks of
 // 16 rows for a u8 x s8 dot-product loop (activations + 128, minus 128 * the weight sums).
@@ -65,7 +66,7 @@ class Int8Matmul {
   virtual int64_t group_size() const = 0;
   // The ISA path this matrix was prepared for.
   virtual Isa isa() const = 0;
-  // Bytes of prepared weights, compensation terms and scales this object holds.
+  // Bytes of the prepared weights, compensation terms and scales in this object.
   virtual size_t memory_bytes() const = 0;
 };
 

@@ -62,7 +62,7 @@ class PackedInt8Matmul final : public Int8Matmul {
     const uint8_t* xa = activations.data();
 
     // Threads split the column blocks when there are enough of them, so each thread streams
-    // its own part of the weights once; otherwise they split the rows.
+    // its own part of the weights once. Otherwise they split the rows.
     const int64_t blocks = packed_.blocks;
     const int threads = omp_get_max_threads();
     const bool split_columns = blocks >= 4 * threads || m < threads;
@@ -105,9 +105,9 @@ class PackedInt8Matmul final : public Int8Matmul {
   Isa isa_;
 };
 
-// Per-channel weights on AVX-512: oneDNN's int8 matmul (which uses AMX where the CPU has it)
-// for m > 1, and the packed VNNI loop for m = 1, which streams the weights about 1.3x faster
-// than oneDNN 2.6 (bench/kernel_bench.cc, single thread, Xeon with AMX).
+// Per-channel weights on AVX-512. oneDNN's int8 matmul, which uses AMX where the CPU has it,
+// runs m > 1. The packed VNNI loop runs m = 1 because it streams the weights about 1.3x faster
+// than oneDNN 2.6 there (bench/kernel_bench.cc, one thread, Xeon with AMX).
 // NOTE: this keeps the weights twice, once per layout.
 class PerChannelAvx512Matmul final : public Int8Matmul {
  public:
@@ -183,8 +183,8 @@ absl::StatusOr<std::unique_ptr<Int8Matmul>> Int8Matmul::Create(std::span<const i
   }
   if (!CpuSupports(isa)) {
     return absl::FailedPreconditionError(absl::StrCat(
-        "Int8Matmul: this CPU does not support ", std::string(IsaName(isa)), "; pick one of the ISAs that ",
-        "SupportedIsas() returns."));
+        "Int8Matmul: this CPU does not support ", std::string(IsaName(isa)),
+        "; pick one of the ISAs that SupportedIsas() returns."));
   }
   switch (isa) {
     case Isa::kScalar:

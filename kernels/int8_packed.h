@@ -48,10 +48,11 @@ PackedInt8Weights PackInt8Weights(const int8_t* weights, int64_t n, int64_t k,
 void PackActivations(const PackedInt8Weights& packed, const int8_t* xq, int64_t m,
                      uint8_t* xa);
 
-// y[rows, n] for the column blocks [block_begin, block_end): per group, the int32 dot products
-// of the packed activations with the packed weights, minus the compensation, converted to FP32
-// and times the group scales; the sum over groups times x_scales[row]. `xa` has rows
-// consecutive rows of padded_k bytes. Single-threaded; the caller splits the blocks.
+// Computes y[rows, n] for the column blocks [block_begin, block_end). Per group, the int32 dot
+// products of the packed activations and weights, minus the compensation, are converted to
+// FP32 and multiplied by the group scale. The sum over groups is multiplied by x_scales[row].
+// `xa` has `rows` consecutive rows of padded_k bytes. Single-threaded: the caller splits the
+// blocks among threads.
 void RunPackedAvx512(const PackedInt8Weights& packed, const uint8_t* xa, const float* x_scales,
                      int64_t rows, int64_t block_begin, int64_t block_end, float* y);
 void RunPackedAvx2(const PackedInt8Weights& packed, const uint8_t* xa, const float* x_scales,

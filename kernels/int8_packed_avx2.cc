@@ -32,7 +32,7 @@ W8A8_AVX2 void RunBlockRow(const PackedInt8Weights& packed, const uint8_t* xa, f
   __m256 sums_high = _mm256_setzero_ps();  // Rows 8-15.
   int64_t step = 0;
   for (int64_t group = 0; group < groups; ++group) {
-    // dots[i] holds rows 4i..4i+3, two int32 lanes each.
+    // dots[i] contains rows 4i..4i+3, two int32 lanes each.
     __m256i dots[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),
                        _mm256_setzero_si256()};
     const int64_t group_end = step + packed.group_steps[group];

@@ -21,9 +21,9 @@ W8A8_AVX512 inline __m512i BroadcastFourBytes(const uint8_t* bytes) {
   return _mm512_set1_epi32(word);
 }
 
-// A tile of kRows rows of x by kBlocks consecutive column blocks: kRows * kBlocks int32
-// accumulators for the current group and as many FP32 accumulators over all groups, which
-// must fit in the 32 zmm registers with the weight and broadcast registers.
+// Computes a tile of kRows rows of x by kBlocks consecutive column blocks. It keeps
+// kRows * kBlocks int32 accumulators for the current group and as many FP32 accumulators over
+// all groups. They and the weight and broadcast registers must fit in the 32 zmm registers.
 template <int kRows, int kBlocks>
 W8A8_AVX512 void RunTile(const PackedInt8Weights& packed, const uint8_t* xa,
                          const float* x_scales, int64_t block, float* y) {

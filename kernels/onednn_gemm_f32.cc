@@ -27,9 +27,9 @@ using Shape = std::tuple<int64_t, int64_t, int64_t>;
 
 class PrimitiveCache {
  public:
-  // Returns the primitive for (m, n, k), creating it on first use; null if oneDNN rejects the
+  // Returns the primitive for (m, n, k), created on first use, or null if oneDNN rejects the
   // shape. Creation happens outside the lock, so two threads that miss at once both create
-  // one and the first to insert wins.
+  // one, and the first to insert wins.
   std::shared_ptr<const Primitive> Get(int64_t m, int64_t n, int64_t k) {
     const Shape shape{m, n, k};
     {

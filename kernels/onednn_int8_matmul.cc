@@ -112,8 +112,8 @@ class OneDnnInt8Matmul final : public Int8Matmul {
       absl::ReaderMutexLock lock(&mutex_);
       if (auto it = shapes_.find(m); it != shapes_.end()) return it->second;
     }
-    // Creating a primitive takes milliseconds, so it happens outside the lock; two threads
-    // that miss at once both create one and the first to insert wins.
+    // Creating a primitive takes milliseconds, so it happens outside the lock. Two threads
+    // that miss at once both create one, and the first to insert wins.
     std::shared_ptr<const Primitive> primitive;
     try {
       primitive = std::make_shared<Primitive>(Describe(m, weights_desc_));
@@ -124,8 +124,8 @@ class OneDnnInt8Matmul final : public Int8Matmul {
     return shapes_.try_emplace(m, std::move(primitive)).first->second;
   }
 
-  // Run() has no error return. The weight layout is fixed when the first primitive is created
-  // and oneDNN accepts it for every m in practice, so a failure here is a bug: report, abort.
+  // Run() has no error return. The weight layout is fixed with the first primitive, and oneDNN
+  // 2.6 accepted it for every m tested, so a failure here is a bug that aborts the process.
   [[noreturn]] void Fail(const char* action, int64_t m, const dnnl::error& error) const {
     std::fprintf(stderr, "oneDNN int8 matmul failed to %s for m=%lld, n=%lld, k=%lld: %s\n",
                  action, static_cast<long long>(m), static_cast<long long>(n_),

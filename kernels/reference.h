@@ -1,5 +1,6 @@
 // Plain C++ reference implementations of the kernels in gemm.h and fused.h. They define the
-// expected results in tests and are the kScalar path. No SIMD intrinsics, no threads.
+// expected results in tests, and Int8Matmul's kScalar path runs Int8Matmul below. No SIMD
+// intrinsics, no threads.
 #pragma once
 
 #include <cstdint>

@@ -197,9 +197,10 @@ W8A8_AVX512 float ScaleMultiplyAvx512(const float* x, const float* weight, float
   return _mm512_reduce_max_ps(max_abs);
 }
 
-// exp(x) to within a few units in the last place for x in [-87, 88] (inputs are clamped to
-// that range, so exp(-100) returns exp(-87)): x = n ln2 + r with |r| <= ln2 / 2, the Taylor
-// polynomial of degree 7 for exp(r), scaled by 2^n.
+// Computes exp(x) as 2^n * p(r), with x = n ln2 + r, |r| <= ln2 / 2 and p the Taylor
+// polynomial of degree 7, whose truncation error is below 6e-9 relative. With the rounding of
+// the FMAs this is an estimated few units in the last place. Inputs are clamped to [-87, 88],
+// so exp(-100) returns exp(-87) and exp(100) returns exp(88).
 W8A8_AVX512 inline __m512 ExpAvx512(__m512 x) {
   x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
   const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),

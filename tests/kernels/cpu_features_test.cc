@@ -1,5 +1,6 @@
 #include <cstdlib>
 #include <string>
+#include <vector>
 
 #include "gtest/gtest.h"
 #include "kernels/cpu_features.h"
@@ -23,7 +24,7 @@ TEST(IsaName, NamesMatchW8a8IsaValues) {
   EXPECT_EQ(IsaName(Isa::kAvx512Vnni), "avx512vnni");
 }
 
-// ActiveIsa() reads W8A8_ISA once per process, so this is the only test here that calls it;
+// ActiveIsa() reads W8A8_ISA once per process, so this is the only test here that calls it.
 // ctest runs every test in a process of its own.
 TEST(ActiveIsa, EnvironmentLowersToScalar) {
   ASSERT_EQ(setenv("W8A8_ISA", "scalar", /*overwrite=*/1), 0);

@@ -115,7 +115,7 @@ TEST(RmsNormQuantize, ZeroRowGivesZeros) {
 }
 
 TEST(RmsNormQuantize, NormalizesToUnitRms) {
-  // x = [3, 4] has mean square 12.5; with eps 0 and unit weights y = x / sqrt(12.5).
+  // x = [3, 4] has mean square 12.5, so with eps 0 and unit weights y = x / sqrt(12.5).
   const std::vector<float> x = {3.0f, 4.0f};
   const std::vector<float> weight = {1.0f, 1.0f};
   for (Isa isa : SupportedIsas()) {

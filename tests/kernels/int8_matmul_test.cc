@@ -49,10 +49,10 @@ std::unique_ptr<Int8Matmul> CreateOrDie(const std::vector<int8_t>& weights, int6
 }
 
 // Both the reference and a fast path compute x_scale * sum_g(S_g * w_g) from exact int32 group
-// sums S_g, each with at most G + 2 roundings of relative size u = 2^-24 (the conversion of
-// S_g, the product, the G - 1 additions and the final product; an FMA rounds once for two).
-// Each result is within gamma_{G+2} * |x_scale| * sum_g |S_g * w_g| of the exact value, with
-// gamma_j = j u / (1 - j u), so the two differ by at most twice that.
+// sums S_g. Each result passes through at most G + 2 roundings of relative size u = 2^-24:
+// the conversion of S_g, the product, G - 1 additions and the final product (an FMA rounds
+// once for two of them). It is therefore within gamma_{G+2} * |x_scale| * sum_g |S_g * w_g|
+// of the exact value, with gamma_j = j u / (1 - j u), and the two differ by at most twice that.
 double RoundingBound(const int32_t* sums, int64_t groups, const float* weight_scales,
                      float x_scale) {
   double magnitude = 0.0;
@@ -65,8 +65,8 @@ double RoundingBound(const int32_t* sums, int64_t groups, const float* weight_sc
 }
 
 // Runs every supported ISA on one shape and compares with the reference. With unit scales
-// every group sum and partial total is an integer below 2^24, so FP32 holds it exactly and the
-// comparison is exact; otherwise it allows RoundingBound.
+// every group sum and partial total is an integer below 2^24, which FP32 represents exactly,
+// so the comparison is exact. Otherwise it allows RoundingBound.
 void ExpectMatchesReference(int64_t m, int64_t n, int64_t k, int64_t group_size, bool unit_scales,
                             uint32_t seed) {
   const int64_t groups = GroupCount(k, group_size);
