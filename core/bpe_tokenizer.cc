@@ -420,8 +420,7 @@ absl::StatusOr<std::unique_ptr<ByteLevelBpeTokenizer>> ByteLevelBpeTokenizer::Fr
   }
 
   // BOS: the post-processor's template decides. Without one, tokenizer_config.json names BOS,
-  // and add_bos_token defaults to true because LLaMA models are trained with BOS (llama.cpp
-  // also adds it for LLaMA 3 vocabularies).
+  // and add_bos_token defaults to true because LLaMA models are trained with BOS.
   std::optional<std::string> bos_text = template_bos;
   config.add_bos = template_bos.has_value();
   std::vector<std::string> eos_texts(kEndTokenNames.begin(), kEndTokenNames.end());
@@ -478,8 +477,8 @@ absl::StatusOr<std::unique_ptr<ByteLevelBpeTokenizer>> ByteLevelBpeTokenizer::Fr
   }
 
   for (size_t id = 0; id < data.tokens.size(); ++id) {
-    // Types as in GGUF: 3 is a control token, 4 a user-defined one; both are matched in the
-    // text before pre-tokenization and spelled as plain text, not in the byte alphabet.
+    // GGUF type 3 is a control token and 4 a user-defined one. Both are spelled as plain text,
+    // not in the byte alphabet, so they are matched in the text before pre-tokenization.
     const int32_t type = data.token_types.empty() ? 1 : data.token_types[id];
     if (type == 3 || type == 4) {
       config.added_tokens.push_back(
@@ -640,8 +639,8 @@ void ByteLevelBpeTokenizer::EncodeWord(std::string_view word, std::vector<int32_
   symbols.reserve(word.size());
   for (char c : word) {
     const int32_t id = byte_ids_[static_cast<uint8_t>(c)];
-    // NOTE: a byte without a token is dropped, as Hugging Face does for a BPE model with no
-    // unk_token; every byte has a token in GPT-2 and LLaMA 3 vocabularies.
+    // NOTE: a byte without a token is dropped because no unknown token can stand for it.
+    // GPT-2 and LLaMA 3 vocabularies have a token for every byte.
     if (id < 0) continue;
     const int index = static_cast<int>(symbols.size());
     symbols.push_back({id, index - 1, -1});

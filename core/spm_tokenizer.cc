@@ -159,7 +159,7 @@ absl::StatusOr<std::unique_ptr<SentencePieceTokenizer>> SentencePieceTokenizer::
   options.unknown_id = id_or_none(trainer.unk_id());
   options.bos_id = id_or_none(trainer.bos_id());
   options.eos_id = id_or_none(trainer.eos_id());
-  // SentencePiece leaves BOS to the caller; LLaMA models and llama2.c always start with it.
+  // SentencePiece leaves BOS to the caller. LLaMA models are trained with BOS, so it is on.
   options.add_bos = true;
   absl::StatusOr<std::unique_ptr<SentencePieceTokenizer>> tokenizer =
       Create(std::move(pieces), options);
@@ -201,7 +201,7 @@ absl::StatusOr<std::unique_ptr<SentencePieceTokenizer>> SentencePieceTokenizer::
   options.add_dummy_prefix = data.add_space_prefix.value_or(true);
   options.byte_fallback = has_byte_pieces;
   options.add_bos = data.add_bos_token.value_or(true);
-  // llama.cpp's defaults for SentencePiece vocabularies when the GGUF omits the ids.
+  // SentencePiece's default ids (unknown 0, BOS 1, EOS 2) stand in for ids the GGUF omits.
   options.unknown_id = data.unknown_token_id.value_or(0);
   options.bos_id = data.bos_token_id.value_or(1);
   options.eos_id = data.eos_token_id.value_or(2);

@@ -33,14 +33,14 @@ struct SentencePiece {
   PieceType type = PieceType::kNormal;
 };
 
-// Encodes like SentencePiece's BPE model: spaces become U+2581, one U+2581 is prepended when
-// `add_dummy_prefix`, the text is split into characters (user-defined pieces stay whole), and
-// the adjacent pair whose concatenation is a normal piece with the highest score is merged
-// until no pair qualifies (ties go to the leftmost pair). A leftover character that is not a
+// Encodes like SentencePiece's BPE model. Spaces become U+2581, and one U+2581 is prepended
+// when `add_dummy_prefix`. The text is split into characters, with user-defined pieces kept
+// whole. Then the adjacent pair whose concatenation is a normal piece with the highest score
+// is merged, the leftmost on ties, until no pair qualifies. A leftover character that is not a
 // piece becomes one <0xXX> piece per UTF-8 byte with byte fallback, else the unknown piece.
 //
-// NOTE: runs of spaces are kept, as llama.cpp and llama2.c do. SentencePiece itself collapses
-// them when the model leaves normalizer_spec.remove_extra_whitespaces at its default.
+// NOTE: runs of spaces are kept. SentencePiece itself collapses them when a model leaves
+// normalizer_spec.remove_extra_whitespaces at its default (true), so its ids can differ.
 //
 // Immutable after construction, so every method is thread-safe and none blocks.
 class SentencePieceTokenizer final : public Tokenizer {

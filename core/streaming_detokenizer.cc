@@ -18,7 +18,7 @@ std::string StreamingDetokenizer::Push(int32_t id) {
     pending_ += piece;
   }
 
-  // Emit everything up to a character that is still incomplete at the end; an ill-formed
+  // Emit everything up to a character that is still incomplete at the end. An ill-formed
   // sequence can never become valid, so it is replaced right away.
   std::string text;
   size_t pos = 0;

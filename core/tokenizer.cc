@@ -23,8 +23,9 @@ Utf8Scan ScanUtf8Sequence(std::string_view bytes) {
     scan.length = 1;
     return scan;
   }
-  // Well-formed sequences per Unicode table 3-7: the lead byte fixes the length and the
-  // allowed range of the second byte; later bytes are 80..BF.
+
+  // The lead byte fixes the length and the allowed range of the second byte, which rules out
+  // overlong forms, surrogates and code points above U+10FFFF. Later bytes are 80..BF.
   size_t needed = 0;
   uint8_t second_low = 0x80;
   uint8_t second_high = 0xBF;
@@ -51,6 +52,7 @@ Utf8Scan ScanUtf8Sequence(std::string_view bytes) {
     scan.invalid = true;
     return scan;
   }
+
   for (size_t i = 1; i < needed; ++i) {
     if (i >= bytes.size()) {
       scan.length = i;

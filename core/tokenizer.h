@@ -57,9 +57,9 @@ class Tokenizer {
 };
 
 // Scans the UTF-8 sequence that starts at `bytes[0]`. A well-formed character gives its
-// length; a sequence cut short by the end of `bytes` gives the available length with
-// `incomplete`; an ill-formed one gives the length of its maximal subpart (at least 1), which
-// decoders replace with one U+FFFD, with `invalid`.
+// length. A sequence cut short by the end of `bytes` sets `incomplete` with the available
+// length. An ill-formed one sets `invalid` with the length of its maximal subpart (at least
+// 1), which decoders replace with one U+FFFD.
 struct Utf8Scan {
   size_t length = 0;
   bool incomplete = false;

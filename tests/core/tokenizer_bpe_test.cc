@@ -262,6 +262,68 @@ TEST(BpeTokenizer, RejectsInvalidSplitPattern) {
   EXPECT_THAT(tokenizer.status().message(), HasSubstr("(unclosed"));
 }
 
+// Writes a one-layer LLaMA checkpoint with zero weights beside `tokenizer_json`, so that
+// Tokenizer::FromPath goes through Checkpoint::Open.
+void WriteTinyCheckpoint(const testing::TempDir& dir, const json& tokenizer_json) {
+  constexpr int64_t kVocab = 11;
+  constexpr int64_t kHidden = 8;
+  constexpr int64_t kIntermediate = 16;
+  constexpr int64_t kHeadDim = 4;
+  const json config = {{"architectures", json::array({"LlamaForCausalLM"})},
+                       {"hidden_size", kHidden},
+                       {"intermediate_size", kIntermediate},
+                       {"num_hidden_layers", 1},
+                       {"num_attention_heads", 2},
+                       {"num_key_value_heads", 1},
+                       {"vocab_size", kVocab},
+                       {"tie_word_embeddings", true},
+                       {"bos_token_id", 8},
+                       {"eos_token_id", 9}};
+  testing::WriteFile(dir / "config.json", config.dump());
+  testing::WriteFile(dir / "tokenizer.json", tokenizer_json.dump());
+
+  const std::vector<std::pair<std::string, std::vector<int64_t>>> shapes = {
+      {"model.embed_tokens.weight", {kVocab, kHidden}},
+      {"model.layers.0.input_layernorm.weight", {kHidden}},
+      {"model.layers.0.post_attention_layernorm.weight", {kHidden}},
+      {"model.layers.0.self_attn.q_proj.weight", {2 * kHeadDim, kHidden}},
+      {"model.layers.0.self_attn.k_proj.weight", {kHeadDim, kHidden}},
+      {"model.layers.0.self_attn.v_proj.weight", {kHeadDim, kHidden}},
+      {"model.layers.0.self_attn.o_proj.weight", {kHidden, 2 * kHeadDim}},
+      {"model.layers.0.mlp.gate_proj.weight", {kIntermediate, kHidden}},
+      {"model.layers.0.mlp.up_proj.weight", {kIntermediate, kHidden}},
+      {"model.layers.0.mlp.down_proj.weight", {kHidden, kIntermediate}},
+      {"model.norm.weight", {kHidden}},
+  };
+  const std::vector<float> zeros(kVocab * kIntermediate * kHidden, 0.0f);
+  std::vector<TensorToWrite> tensors;
+  for (const auto& [name, shape] : shapes) {
+    int64_t count = 1;
+    for (int64_t dim : shape) count *= dim;
+    tensors.push_back({name, DType::kF32, shape,
+                       std::as_bytes(std::span<const float>(zeros.data(), count))});
+  }
+  const absl::Status written = WriteSafetensors(dir / "model.safetensors", tensors);
+  ASSERT_TRUE(written.ok()) << written;
+}
+
+TEST(BpeTokenizer, FromPathOpensCheckpointDirectory) {
+  testing::TempDir dir;
+  WriteTinyCheckpoint(dir, SmallTokenizerJson());
+  auto tokenizer = Tokenizer::FromPath(dir.path());
+  ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
+  EXPECT_EQ((*tokenizer)->type(), "bpe");
+  EXPECT_THAT((*tokenizer)->Encode("abc", true, false), ElementsAre(8, 6));
+}
+
+TEST(BpeTokenizer, FromPathReportsDirectoryWithoutConfig) {
+  testing::TempDir dir;
+  testing::WriteFile(dir / "tokenizer.json", SmallTokenizerJson().dump());
+  auto tokenizer = Tokenizer::FromPath(dir.path());
+  ASSERT_FALSE(tokenizer.ok());
+  EXPECT_THAT(tokenizer.status().message(), HasSubstr("config.json"));
+}
+
 TEST(BpeTokenizer, BuildsFromGgufMetadata) {
   const Tokenizer* reference = LoadLlama3();
   ASSERT_NE(reference, nullptr);
