@@ -169,7 +169,11 @@ std::vector<std::string> LinearLayerNames(const Checkpoint& checkpoint, bool inc
       names.push_back(absl::StrCat("model.layers.", layer, ".", projection));
     }
   }
-  if (include_lm_head) names.push_back("lm_head");
+  // A tied lm_head reuses the FP32 embedding inside the model, so it is never a separate layer.
+  if (include_lm_head && !checkpoint.config().tie_word_embeddings &&
+      checkpoint.HasTensor("lm_head.weight")) {
+    names.push_back("lm_head");
+  }
   return names;
 }
 
