@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <deque>
+#include <exception>
 #include <limits>
+#include <optional>
 #include <thread>
 #include <utility>
 
@@ -351,7 +353,22 @@ void Engine::Impl::Run() {
 
     FinishExpired(cancels, abort, shutdown, absl::Now());
     std::optional<StepStats> step;
-    if (!running_.empty() || !waiting_.empty()) step = RunStep();
+    if (!running_.empty() || !waiting_.empty()) {
+      try {
+        step = RunStep();
+      } catch (const std::exception& error) {
+        // std::bad_alloc from a large batch, for instance. The running requests fail and
+        // their blocks return to the pool; the waiting ones stay queued.
+        spdlog::error("engine step failed with {} running requests: {}", running_.size(),
+                      error.what());
+        for (auto& sequence : running_) {
+          sequence->Finish(FinishReason::kError,
+                           absl::InternalError(absl::StrCat("engine step failed: ", error.what())),
+                           absl::Now());
+        }
+        RetireFinished();
+      }
+    }
     Deliver(step ? &*step : nullptr);
 
     if (shutdown && running_.empty() && waiting_.empty()) {
@@ -532,6 +549,9 @@ void Engine::Impl::RunModel(const std::shared_ptr<const Model>& model,
     step.start_position = start;
     step.block_table = sequence.block_table;
     if (sequence.NeedsAllLogits()) {
+      // NOTE: a chunk with every row of logits takes chunk tokens * vocab_size floats, e.g.
+      // 262 MB for 512 tokens of the 128256-token LLaMA 3 vocabulary. Only echo with
+      // log-probabilities asks for it.
       step.logits = SequenceStep::Logits::kAll;
     } else {
       step.logits = reaches_end ? SequenceStep::Logits::kLast : SequenceStep::Logits::kNone;

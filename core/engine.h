@@ -125,7 +125,7 @@ struct StepStats {
   int64_t num_prefill_tokens = 0;
   int64_t num_decode_tokens = 0;
   int64_t num_preempted = 0;  // Sequences sent back to the queue for recomputation.
-  double seconds = 0;         // Scheduling, forward passes, sampling and callbacks.
+  double seconds = 0;         // Scheduling, forward passes and sampling, without callbacks.
 };
 
 // One finished request.
