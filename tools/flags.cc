@@ -15,11 +15,6 @@ ABSL_FLAG(uint64_t, seed, 0, "Random seed.");
 ABSL_FLAG(int32_t, threads, 0, "Worker threads for compute; 0 uses every core.");
 ABSL_FLAG(std::string, log_level, "warn", "Log level: trace, debug, info, warn, error or off.");
 
-// tokenize
-ABSL_FLAG(bool, special, false,
-          "tokenize: encode special-token strings such as <|eot_id|> as their ids instead of "
-          "as plain text.");
-
 // generate
 ABSL_FLAG(std::string, prompt, "", "Prompt text for generate.");
 ABSL_FLAG(int64_t, max_tokens, 256, "Maximum number of tokens to generate.");
@@ -54,3 +49,19 @@ ABSL_FLAG(std::string, tokenizer, "",
           "tokenizer under tests/reference/node_modules.");
 ABSL_FLAG(int64_t, max_shard_mb, 2048,
           "make-model splits weights into shards of at most this many MiB.");
+
+ABSL_FLAG(std::string, plans, "fp32,per-channel,per-group,auto",
+          "eval: comma-separated plans to compare (fp32, per-channel, per-group, per-tensor, "
+          "auto, or plan/config files); the first fp32 entry is the fidelity reference.");
+ABSL_FLAG(std::string, text, "", "eval: UTF-8 text file for perplexity and fidelity.");
+ABSL_FLAG(std::vector<std::string>, tasks, {},
+          "eval: comma-separated multiple-choice JSONL files, one item per line.");
+ABSL_FLAG(std::string, fields, "context=context,choices=choices,gold=gold",
+          "eval: which JSONL fields hold the context, the choices and the gold answer.");
+ABSL_FLAG(int64_t, context_length, 512, "eval: tokens per perplexity window.");
+ABSL_FLAG(int64_t, stride, 256, "eval: tokens between the starts of perplexity windows.");
+
+// tokenize
+ABSL_FLAG(bool, special, false,
+          "tokenize: encode special-token strings such as <|eot_id|> as their ids instead of "
+          "as plain text.");
