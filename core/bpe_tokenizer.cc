@@ -176,6 +176,15 @@ absl::StatusOr<std::unique_ptr<ByteLevelBpeTokenizer>> ByteLevelBpeTokenizer::Cr
     size = std::max(size, added.id + 1);
   }
   if (size == 0) return absl::InvalidArgumentError("BPE vocabulary is empty");
+  // Ids may leave gaps, but an id far beyond the entry count means a corrupt file and would
+  // make the id tables huge.
+  const size_t entries = config.vocab.size() + config.added_tokens.size();
+  if (static_cast<size_t>(size) > 2 * entries + 256) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "BPE token id %d is far beyond the %d vocabulary and added entries; the largest id "
+        "accepted is %d",
+        size - 1, entries, 2 * entries + 255));
+  }
 
   t.token_strings_.assign(size, "");
   t.token_bytes_.assign(size, "");

@@ -11,7 +11,10 @@ std::string StreamingDetokenizer::Push(int32_t id) {
     pending_ += tokenizer_.TokenBytes(id);
   } else {
     std::string piece = tokenizer_.TokenBytes(id);
-    if (first_piece_ && tokenizer_.strips_leading_space() && piece.starts_with(' ')) {
+    // Only a piece spelled with SentencePiece's U+2581 carries the dummy-prefix space; a byte
+    // piece <0x20> is a real space, as in SentencePieceTokenizer::Decode.
+    if (first_piece_ && tokenizer_.strips_leading_space() && piece.starts_with(' ') &&
+        tokenizer_.TokenString(id).starts_with("\xE2\x96\x81")) {
       piece.erase(0, 1);
     }
     first_piece_ = false;

@@ -218,6 +218,15 @@ TEST(BpeTokenizer, RejectsMergeOfUnknownToken) {
   EXPECT_THAT(tokenizer.status().message(), HasSubstr("tokenizer.json"));
 }
 
+TEST(BpeTokenizer, RejectsIdFarBeyondVocabulary) {
+  testing::TempDir dir;
+  json tokenizer_json = SmallTokenizerJson();
+  tokenizer_json["model"]["vocab"]["d"] = 1000000;
+  auto tokenizer = LoadJson(dir, tokenizer_json);
+  ASSERT_FALSE(tokenizer.ok());
+  EXPECT_THAT(tokenizer.status().message(), HasSubstr("1000000"));
+}
+
 TEST(BpeTokenizer, RejectsMalformedMerge) {
   testing::TempDir dir;
   json tokenizer_json = SmallTokenizerJson();

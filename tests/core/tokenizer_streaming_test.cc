@@ -138,6 +138,15 @@ TEST(StreamingDetokenizer, DropsSentencePieceDummyPrefixOnce) {
   EXPECT_EQ(Join(pieces), "Once upon a time");
 }
 
+TEST(StreamingDetokenizer, KeepsSpaceOfLeadingBytePiece) {
+  const Tokenizer* tokenizer = LoadStories();
+  ASSERT_NE(tokenizer, nullptr);
+  // <0x20> is a real space, unlike the U+2581 that the dummy prefix adds to "Once".
+  const std::vector<int32_t> ids = {*tokenizer->TokenId("<0x20>"), 403};
+  EXPECT_EQ(Join(StreamPieces(*tokenizer, ids)), "  Once");
+  EXPECT_EQ(Join(StreamPieces(*tokenizer, ids)), tokenizer->Decode(ids));
+}
+
 TEST(StreamingDetokenizer, JoinsSentencePieceByteFallback) {
   const Tokenizer* tokenizer = LoadStories();
   ASSERT_NE(tokenizer, nullptr);
