@@ -135,15 +135,30 @@ function withSpecials(random) {
 
 // Random code points from every pool, to reach combinations the templates miss.
 function mixed(random) {
-  const pools = [WORDS, PUNCTUATION, CJK, OTHER_SCRIPTS, EMOJI, COMBINING, WHITESPACE, SPECIALS];
+  const pools = [WORDS, PUNCTUATION, CJK, OTHER_SCRIPTS, EMOJI, COMBINING, WHITESPACE, SPECIALS,
+                 UNUSUAL];
   const text = repeat(random, 1 + random.int(12), () => random.pick(random.pick(pools))).join("");
   const chars = Array.from(text);  // Whole code points, so no surrogate pair is cut.
   return chars.slice(random.int(3), chars.length).join("");
 }
 
+// Code points where regex engines tend to disagree: Unicode spaces that are not ASCII, the
+// byte order mark, zero-width and line separators, case-folding letters (long s, Kelvin sign),
+// numerals that are not decimal digits, and characters outside the Basic Multilingual Plane.
+const UNUSUAL = [0x85, 0xa0, 0x1680, 0x180e, 0x2000, 0x200b, 0x2028, 0x2029, 0x202f, 0x205f,
+                 0x3000, 0xfeff, 0x17f, 0x212a, 0x0b, 0x0c, 0x1c, 0x1f, 0x300, 0x2160, 0xbd,
+                 0xb2, 0x663, 0x1d7ce, 0x10400, 0xe000, 0x1f1e6].map((c) => String.fromCodePoint(c));
+
+function unusual(random) {
+  const c = random.pick(UNUSUAL);
+  const forms = [c, `a${c}b`, ` ${c} `, `it'${c}`, `x${c}${c}  y`, `${c}\n`, `1${c}2`,
+                 `${random.pick(WORDS)}${c}${random.pick(WORDS)}`];
+  return random.pick(forms);
+}
+
 const GENERATORS = [prose, contraction, number, whitespaceMix, code,
                     (r) => scripts(r, CJK), (r) => scripts(r, OTHER_SCRIPTS), emoji, combining,
-                    withSpecials, mixed];
+                    withSpecials, mixed, unusual];
 
 // Returns `count` strings: fixed edge cases first, then generated ones in round-robin order.
 function makeCorpus(count = 2400, seed = 20240418) {
