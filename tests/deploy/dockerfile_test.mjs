@@ -161,25 +161,30 @@ describe("dockerfile against the built binaries", { skip: haveBinaries ? false :
       const match = /^\s*(\S+) \(libc6,x86-64.*\) => (\S+)$/.exec(line);
       if (match && !libraryPaths.has(match[1])) libraryPaths.set(match[1], match[2]);
     }
-    const missing = [];
+    // The direct dependencies of every binary, with the paths dpkg may list each library under
+    // (Debian 12 merges /lib into /usr/lib, but packages still list either).
+    const needs = [];
     for (const binary of binaries) {
       const dynamic = execFileSync("readelf", ["-d", binary], { encoding: "utf8" });
       for (const [, library] of dynamic.matchAll(/\(NEEDED\)\s+Shared library: \[(.+)\]/g)) {
         const libraryPath = libraryPaths.get(library);
         assert.ok(libraryPath, `${path.basename(binary)} needs ${library}, which ldconfig does not know`);
         const real = fs.realpathSync(libraryPath);
-        const candidates = [libraryPath, real, real.replace(/^\/usr\/lib\//, "/lib/"), libraryPath.replace(/^\/usr\/lib\//, "/lib/")];
-        let owner = null;
-        for (const candidate of candidates) {
-          const search = spawnSync("dpkg", ["-S", candidate], { encoding: "utf8" });
-          if (search.status === 0) {
-            owner = search.stdout.split(":")[0];
-            break;
-          }
-        }
-        assert.ok(owner, `no Debian package owns ${libraryPath}, needed by ${path.basename(binary)}`);
-        if (!installed.has(owner)) missing.push(`${owner} (${library}, needed by ${path.basename(binary)})`);
+        const candidates = [libraryPath, real].flatMap((file) => [file, file.replace(/^\/usr\/lib\//, "/lib/")]);
+        needs.push({ binary: path.basename(binary), library, candidates });
       }
+    }
+
+    // One dpkg -S call for all paths: it prints "package:arch: path" for each path it finds.
+    const search = spawnSync("dpkg", ["-S", ...new Set(needs.flatMap((need) => need.candidates))], { encoding: "utf8" });
+    const owners = new Map();
+    for (const [, owner, file] of search.stdout.matchAll(/^([^:\s]+)(?::\S+)?: (\S+)$/gm)) owners.set(file, owner);
+
+    const missing = [];
+    for (const { binary, library, candidates } of needs) {
+      const owner = candidates.map((file) => owners.get(file)).find(Boolean);
+      assert.ok(owner, `no Debian package owns ${library}, needed by ${binary}`);
+      if (!installed.has(owner)) missing.push(`${owner} (${library}, needed by ${binary})`);
     }
     assert.deepEqual([...new Set(missing)], []);
   });
