@@ -72,7 +72,7 @@ function flagValue(container, flag) {
 
 // Every render's objects are type-checked in one TypeScript program.
 const renderedObjects = Object.entries(renders).flatMap(([name, dir]) => renderObjects(dir).map((object) => ({ name, object })));
-const fieldErrors = unknownFieldErrors(renderedObjects.map(({ object }) => object));
+const fieldErrors = await unknownFieldErrors(renderedObjects.map(({ object }) => object));
 
 for (const [name, dir] of Object.entries(renders)) {
   describe(`${name} render`, () => {
@@ -310,10 +310,10 @@ describe("validators", () => {
     assert.match(errors[0], /no schema for kind Deploymnt/);
   });
 
-  test("field check rejects a misspelled field", () => {
+  test("field check rejects a misspelled field", async () => {
     const broken = structuredClone(deployment);
     broken.spec.template.spec.terminationGracePeriodSecond = 30;
-    const errors = unknownFieldErrors([broken]);
+    const errors = await unknownFieldErrors([broken]);
     assert.equal(errors.length, 1);
     assert.match(errors[0].message, /terminationGracePeriodSecond/);
   });
