@@ -19,7 +19,7 @@ using ::testing::HasSubstr;
 using nlohmann::json;
 
 // Loads LLaMA 3's tokenizer once per process, because parsing its 9 MB tokenizer.json
-// dominates the run time of these tests; returns null after a failed load.
+// dominates the run time of these tests. Returns null after a failed load.
 const Tokenizer* LoadLlama3() {
   static const absl::StatusOr<std::unique_ptr<Tokenizer>>* tokenizer =
       new absl::StatusOr<std::unique_ptr<Tokenizer>>(
@@ -197,7 +197,7 @@ TEST(BpeTokenizer, MatchesPlainAddedTokensAlways) {
   EXPECT_TRUE((*tokenizer)->IsSpecial(8));
 }
 
-TEST(BpeTokenizer, StripsWhitespaceAroundAddedTokenWithLstripAndRstrip) {
+TEST(BpeTokenizer, AddedTokenStripsSurroundingWhitespace) {
   testing::TempDir dir;
   json tokenizer_json = SmallTokenizerJson();
   tokenizer_json["added_tokens"][1]["lstrip"] = true;
@@ -336,8 +336,8 @@ TEST(BpeTokenizer, FromPathReportsDirectoryWithoutConfig) {
 TEST(BpeTokenizer, BuildsFromGgufMetadata) {
   const Tokenizer* reference = LoadLlama3();
   ASSERT_NE(reference, nullptr);
-  // GGUF metadata as llama.cpp writes it for LLaMA 3: tokens in the byte alphabet, control
-  // tokens of type 3 and merges as "a b" strings.
+  // GGUF metadata of a "gpt2" tokenizer: tokens in the byte alphabet, control tokens of type 3
+  // and merges as "a b" strings.
   json root = json::parse(testing::ReadFile(testing::Llama3TokenizerJson()));
   GgufTokenizerData data;
   data.model = "gpt2";

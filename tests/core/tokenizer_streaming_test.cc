@@ -47,8 +47,8 @@ std::string Join(const std::vector<std::string>& pieces) {
 
 bool IsValidUtf8(const std::string& text) { return ReplaceInvalidUtf8(text) == text; }
 
-// The ids of `text` with every multi-byte character split into one byte token per byte, the
-// worst case for a streaming decoder.
+// Encodes `text` one byte at a time, so every multi-byte character arrives as one token per
+// byte, the worst case for a streaming decoder.
 std::vector<int32_t> ByteTokens(const Tokenizer& tokenizer, const std::string& text) {
   std::vector<int32_t> ids;
   for (char c : text) {
