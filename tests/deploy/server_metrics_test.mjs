@@ -1,8 +1,10 @@
 // Runs the real w8a8-server on the stories260K model with the arguments and quantization config
 // of the dev overlay, on 127.0.0.1 only. Sends one Generate call and one plan update with
 // w8a8-client, scrapes /metrics, and checks that the server exports every metric and label that
-// the alerting rules, the dashboard and the autoscaler read. Then stops the server with SIGTERM,
-// as the kubelet does, and expects a clean exit.
+// the alerting rules, the dashboard and the autoscaler read. Then runs Debian's Prometheus on
+// 127.0.0.1 with deploy/monitoring/prometheus/prometheus.yml pointed at the server, and checks
+// that every rule evaluates without error and every dashboard query runs. Last, it stops the
+// server with SIGTERM, as the kubelet does, and expects a clean exit.
 //
 // Needs W8A8_SERVER_BINARY and W8A8_CLIENT_BINARY (set by tests/deploy/CMakeLists.txt) and the
 // model folder ($W8A8_MODELS_DIR, else ../shared/models beside the repository).
@@ -14,6 +16,8 @@ import os from "node:os";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import { promisify } from "node:util";
+
+import YAML from "yaml";
 
 import {
   dashboardExpressions,
@@ -231,6 +235,95 @@ describe("server metrics", { skip: serverBinary && clientBinary ? false : "W8A8_
     const peakKib = Number(/^VmHWM:\s+(\d+) kB$/m.exec(status)?.[1]);
     assert.ok(peakKib > 0, `no VmHWM in /proc/${server.pid}/status`);
     assert.ok(peakKib * 1024 < memoryLimit, `peak RSS ${peakKib} KiB exceeds the dev memory limit of ${memoryLimit / 1024} KiB`);
+  });
+
+  describe("with prometheus", () => {
+    let prometheus;
+    let prometheusLog = "";
+    let prometheusUrl;
+
+    async function query(expr) {
+      const response = await fetch(`${prometheusUrl}/api/v1/query?query=${encodeURIComponent(expr)}`);
+      return { status: response.status, body: await response.json() };
+    }
+
+    before(async () => {
+      // The shipped config with the server's port and 1 s intervals, so rate() over two scrapes
+      // has data within seconds.
+      const config = readYaml(path.join(deployDir, "monitoring", "prometheus", "prometheus.yml"));
+      config.global.scrape_interval = "1s";
+      config.global.evaluation_interval = "1s";
+      config.rule_files = config.rule_files.map((file) => path.join(deployDir, "monitoring", "prometheus", file));
+      assert.equal(config.scrape_configs.length, 1);
+      config.scrape_configs[0].static_configs[0].targets = [`127.0.0.1:${ports.metrics}`];
+      const configFile = path.join(scratch, "prometheus.yml");
+      fs.writeFileSync(configFile, YAML.stringify(config));
+
+      const port = await freePort();
+      prometheusUrl = `http://127.0.0.1:${port}`;
+      prometheus = spawn("prometheus", [
+        `--config.file=${configFile}`, `--storage.tsdb.path=${path.join(scratch, "tsdb")}`,
+        `--web.listen-address=127.0.0.1:${port}`,
+      ], { stdio: ["ignore", "pipe", "pipe"] });
+      prometheus.stdout.on("data", (chunk) => (prometheusLog += chunk));
+      prometheus.stderr.on("data", (chunk) => (prometheusLog += chunk));
+
+      // Ready when the request-rate recording rule has a value, which needs two scrapes.
+      const deadline = Date.now() + 90_000;
+      for (;;) {
+        if (prometheus.exitCode !== null) assert.fail(`prometheus exited with ${prometheus.exitCode}:\n${prometheusLog}`);
+        try {
+          const { body } = await query("namespace:w8a8_requests:rate5m");
+          if (body.data?.result?.length > 0) break;
+        } catch {
+          // Not listening yet.
+        }
+        if (Date.now() > deadline) assert.fail(`no value of namespace:w8a8_requests:rate5m after 90 s:\n${prometheusLog}`);
+        await sleep(500);
+      }
+    });
+
+    after(async () => {
+      if (prometheus && prometheus.exitCode === null) {
+        const exited = new Promise((resolve) => prometheus.on("exit", resolve));
+        prometheus.kill("SIGTERM");
+        await exited;
+      }
+    });
+
+    test("scrape target is up", async () => {
+      const { body } = await query('up{job="w8a8-server-static"}');
+      assert.equal(body.data.result.length, 1);
+      assert.equal(body.data.result[0].value[1], "1");
+      assert.equal(body.data.result[0].metric.namespace, "local");
+    });
+
+    test("rules evaluate without error", async () => {
+      // Every group is evaluated each second, so a second pass follows the first value above.
+      await sleep(2000);
+      const response = await fetch(`${prometheusUrl}/api/v1/rules`);
+      const { data } = await response.json();
+      const rules = data.groups.flatMap((group) => group.rules);
+      assert.equal(rules.length, ruleExpressions().length);
+      for (const rule of rules) {
+        assert.equal(rule.health, "ok", `rule ${rule.name}: ${rule.lastError ?? rule.health}`);
+      }
+    });
+
+    test("dashboard queries run", async () => {
+      const empty = [];
+      for (const { panel, expr } of dashboardExpressions()) {
+        if (expr.startsWith("label_values(")) continue;
+        const text = substituteGrafanaVariables(expr).replaceAll('namespace="default"', 'namespace="local"');
+        const { status, body } = await query(text);
+        assert.equal(status, 200, `panel ${panel}: ${body.error}`);
+        assert.equal(body.status, "success", `panel ${panel}: ${body.error}`);
+        if (body.data.result.length === 0) empty.push(panel);
+      }
+      // Only the error ratio may be empty: no request has failed, so its numerator has no
+      // series, and the quotient of an empty vector is empty.
+      assert.deepEqual([...new Set(empty)], ["Server error ratio"]);
+    });
   });
 
   test("SIGTERM drains and exits cleanly", async () => {
