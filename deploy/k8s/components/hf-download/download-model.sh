@@ -52,7 +52,8 @@ for file in $HF_FILES; do
   url="$endpoint/$HF_REPO/resolve/$revision/$file"
   echo "hf-download: fetching $url"
   # --location follows the hub's redirect to its file storage. curl (7.58 and later) sends the
-  # Authorization header to the first host only, because the redirect URL carries a signature.
+  # Authorization header to the first host only. The storage URL carries its own signature, so
+  # it needs no token.
   if [ -n "$header_file" ]; then
     set -- --header "@$header_file"
   else
@@ -61,7 +62,7 @@ for file in $HF_FILES; do
   if ! curl --fail --silent --show-error --location --retry 5 --retry-delay 10 \
     --connect-timeout 30 "$@" --output "$partial" "$url"; then
     rm -f "$partial"
-    echo "hf-download: download of $url failed; check HF_REPO, HF_REVISION, the file name and, for gated repositories, the token in Secret w8a8-hf-token" >&2
+    echo "hf-download: download of $url failed: check HF_REPO, HF_REVISION, the file name and, for gated repositories, the token in Secret w8a8-hf-token" >&2
     exit 1
   fi
   mv -f "$partial" "$target"
