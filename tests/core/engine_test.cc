@@ -11,6 +11,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "core/checkpoint.h"
@@ -204,7 +205,7 @@ TEST_F(EngineTest, ConcurrentGreedyMatchesSolo) {
   std::vector<GenerationRequest> requests;
   for (int i = 0; i < 16; ++i) {
     const std::string& prompt = Prompts()[static_cast<size_t>(i) % Prompts().size()];
-    requests.push_back(Greedy("request-" + std::to_string(i), prompt, 20 + 7 * (i % 5)));
+    requests.push_back(Greedy(absl::StrCat("request-", i), prompt, 20 + 7 * (i % 5)));
   }
   std::vector<std::vector<int32_t>> solo;
   std::vector<std::string> solo_text;
@@ -265,7 +266,7 @@ TEST_F(EngineTest, PreemptionKeepsOutputs) {
       4 * KvCache::BytesPerBlock(LoadStories260K().model->config(), options.block_size));
   std::vector<GenerationRequest> requests;
   for (int i = 0; i < 4; ++i) {
-    GenerationRequest request = Greedy("p" + std::to_string(i), Prompts()[i], 40);
+    GenerationRequest request = Greedy(absl::StrCat("p", i), Prompts()[i], 40);
     request.prompt_ids.resize(std::min<size_t>(request.prompt_ids.size(), 5));
     request.sampling.ignore_eos = true;
     requests.push_back(request);
@@ -375,7 +376,7 @@ TEST_F(EngineTest, FullQueueRejectsSubmit) {
   int accepted = 0;
   int rejected = 0;
   for (int i = 0; i < 6; ++i) {
-    GenerationRequest request = Greedy("q" + std::to_string(i), "Once upon a time", 100);
+    GenerationRequest request = Greedy(absl::StrCat("q", i), "Once upon a time", 100);
     request.sampling.ignore_eos = true;
     auto collector = std::make_unique<Collector>(absl::Milliseconds(3));
     const absl::Status status = engine->Submit(request, collector->Callback());
@@ -459,7 +460,7 @@ TEST_F(EngineTest, DrainFinishesRequestsThenRejects) {
   std::vector<std::unique_ptr<Collector>> collectors;
   for (int i = 0; i < 4; ++i) {
     collectors.push_back(std::make_unique<Collector>());
-    ASSERT_TRUE(engine->Submit(Greedy("d" + std::to_string(i), Prompts()[i], 30),
+    ASSERT_TRUE(engine->Submit(Greedy(absl::StrCat("d", i), Prompts()[i], 30),
                                collectors.back()->Callback())
                     .ok());
   }
@@ -525,7 +526,7 @@ TEST_F(EngineTest, ModelSwapUnderLoadDropsNothing) {
   ASSERT_NE(second, nullptr);
   std::vector<GenerationRequest> requests;
   for (int i = 0; i < 16; ++i) {
-    requests.push_back(Greedy("s" + std::to_string(i), Prompts()[i % 8], 40));
+    requests.push_back(Greedy(absl::StrCat("s", i), Prompts()[i % 8], 40));
   }
   std::vector<std::vector<int32_t>> solo;
   for (int i = 0; i < 8; ++i) solo.push_back(RunSolo(requests[static_cast<size_t>(i)]));
@@ -697,7 +698,7 @@ TEST_F(EngineTest, ObserverSeesStepsAndRequests) {
   std::vector<std::unique_ptr<Collector>> collectors;
   int64_t prompt_tokens = 0;
   for (int i = 0; i < 4; ++i) {
-    GenerationRequest request = Greedy("o" + std::to_string(i), Prompts()[i], 12);
+    GenerationRequest request = Greedy(absl::StrCat("o", i), Prompts()[i], 12);
     request.sampling.ignore_eos = true;
     prompt_tokens += static_cast<int64_t>(request.prompt_ids.size());
     collectors.push_back(std::make_unique<Collector>());
