@@ -186,8 +186,8 @@ nlohmann::json PlanToJson(const QuantPlan& plan);
 absl::StatusOr<QuantPlan> PlanFromJson(const nlohmann::json& json, const std::string& source);
 
 // Resolves a plan argument against `checkpoint`: "fp32", "per-channel", "per-group",
-// "per-tensor", "auto", or a path to a plan file (JSON with "format": "w8a8-plan") or a
-// config file (JSON or YAML). A fixed scheme uses default settings (group size 128, per-token
+// "per-tensor", "auto", or a path to a plan file (JSON with "format": "w8a8-plan", or the
+// output of `w8a8 analyze --json`) or a config file (JSON or YAML). A fixed scheme uses default settings (group size 128, per-token
 // activations).
 absl::StatusOr<QuantPlan> ResolvePlan(const Checkpoint& checkpoint, const std::string& plan);
 

@@ -134,10 +134,15 @@ absl::StatusOr<QuantPlan> ResolvePlan(const Checkpoint& checkpoint, const std::s
   std::ifstream in(path, std::ios::binary);
   std::stringstream contents;
   contents << in.rdbuf();
-  // A plan file is JSON with "format": "w8a8-plan"; anything else is a config file.
+  // A plan file is JSON with "format": "w8a8-plan", or the output of `w8a8 analyze --json`
+  // with the plan under "plan". Anything else is a config file.
   const nlohmann::json json = nlohmann::json::parse(contents.str(), nullptr, false);
   if (!json.is_discarded() && json.is_object() && json.contains("format")) {
     return PlanFromJson(json, path.string());
+  }
+  if (!json.is_discarded() && json.is_object() && json.contains("plan") &&
+      json["plan"].is_object()) {
+    return PlanFromJson(json["plan"], path.string());
   }
   ASSIGN_OR_RETURN(const QuantConfig config, ParseQuantConfig(contents.str(), path.string()));
   return PlanFromConfig(checkpoint, config);

@@ -43,7 +43,9 @@ ABSL_FLAG(std::string, plan, "fp32",
 ABSL_FLAG(std::string, preset, "",
           "Architecture for make-model: llama-3.2-1b, llama-3.1-8b or llama3-tiny.");
 ABSL_FLAG(std::string, config, "",
-          "A Hugging Face config.json for make-model, instead of --preset.");
+          "make-model: a Hugging Face config.json, instead of --preset. analyze: a quantization "
+          "config file (JSON or YAML) with scheme, group_size, activations, thresholds and "
+          "overrides.");
 ABSL_FLAG(std::string, tokenizer, "",
           "tokenizer.json to copy into the model made by make-model; by default the Llama 3 "
           "tokenizer under tests/reference/node_modules.");
@@ -65,3 +67,13 @@ ABSL_FLAG(int64_t, stride, 256, "eval: tokens between the starts of perplexity w
 ABSL_FLAG(bool, special, false,
           "tokenize: encode special-token strings such as <|eot_id|> as their ids instead of "
           "as plain text.");
+
+// inject-outliers
+ABSL_FLAG(std::string, layers, "",
+          "inject-outliers: how many linear layers to modify (drawn with --seed), or their "
+          "comma-separated names such as model.layers.2.mlp.down_proj; at most 3% of the "
+          "layers (at least 1).");
+ABSL_FLAG(double, factor, 100.0,
+          "inject-outliers: size of the outlier weights as a multiple of the RMS of the other "
+          "weights.");
+ABSL_FLAG(int64_t, outliers_per_row, 1, "inject-outliers: outlier weights in every row.");
