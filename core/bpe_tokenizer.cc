@@ -7,8 +7,6 @@
 #include <atomic>
 #include <fstream>
 #include <queue>
-#include <set>
-#include <sstream>
 
 #include "absl/status/status.h"
 #include "absl/strings/escaping.h"

@@ -1,6 +1,7 @@
 // Byte-level BPE tokenizer: LLaMA 3's tokenizer.json from the npm reference package, and small
 // tokenizer.json files written by the tests for merge formats, added tokens and bad input.
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "core/bpe_tokenizer.h"
@@ -154,6 +155,28 @@ TEST(BpeTokenizer, EncodesLongInputs) {
   const std::vector<int32_t> ids = tokenizer->Encode(text, false, false);
   EXPECT_GT(ids.size(), 20000u);
   EXPECT_EQ(tokenizer->Decode(ids), text);
+}
+
+TEST(BpeTokenizer, EncodesConcurrentlyLikeSerially) {
+  const Tokenizer* tokenizer = LoadLlama3();
+  ASSERT_NE(tokenizer, nullptr);
+  std::vector<std::string> texts;
+  for (int i = 0; i < 200; ++i) {
+    texts.push_back("Line " + std::to_string(i) + ": it's   \t\n caf\xC3\xA9 \xE4\xBD\xA0 " +
+                    std::string(i % 17, ' ') + "end<|eot_id|>");
+  }
+  std::vector<std::vector<int32_t>> serial;
+  for (const std::string& text : texts) serial.push_back(tokenizer->Encode(text, true, true));
+
+  std::vector<std::vector<std::vector<int32_t>>> results(4);
+  std::vector<std::thread> threads;
+  for (auto& result : results) {
+    threads.emplace_back([&] {
+      for (const std::string& text : texts) result.push_back(tokenizer->Encode(text, true, true));
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  for (const auto& result : results) EXPECT_EQ(result, serial);
 }
 
 TEST(BpeTokenizer, AppliesMergesByRank) {
