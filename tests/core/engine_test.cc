@@ -599,7 +599,6 @@ TEST_F(EngineTest, StopStringEndsTextBeforeIt) {
 
   GenerationRequest request = Greedy("stop", "Once upon a time", 40);
   request.sampling.stop = {"Lily"};
-  std::string text;
   std::unique_ptr<Engine> engine = MakeEngine(SmallOptions());
   ASSERT_NE(engine, nullptr);
   Collector collector;
