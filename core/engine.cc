@@ -551,7 +551,7 @@ void Engine::Impl::RunModel(const std::shared_ptr<const Model>& model,
     if (sequence.NeedsAllLogits()) {
       // NOTE: a chunk with every row of logits takes chunk tokens * vocab_size floats, e.g.
       // 262 MB for 512 tokens of the 128256-token LLaMA 3 vocabulary. Only echo with
-      // log-probabilities asks for it.
+      // log-probabilities requests it.
       step.logits = SequenceStep::Logits::kAll;
     } else {
       step.logits = reaches_end ? SequenceStep::Logits::kLast : SequenceStep::Logits::kNone;
