@@ -550,7 +550,7 @@ void Engine::Impl::RunModel(const std::shared_ptr<const Model>& model,
     step.block_table = sequence.block_table;
     if (sequence.NeedsAllLogits()) {
       // NOTE: a chunk with every row of logits takes chunk tokens * vocab_size floats, e.g.
-      // 262 MB for 512 tokens of the 128256-token LLaMA 3 vocabulary. Only echo with
+      // about 263 MB for 512 tokens of the 128256-token LLaMA 3 vocabulary. Only echo with
       // log-probabilities requests it.
       step.logits = SequenceStep::Logits::kAll;
     } else {
