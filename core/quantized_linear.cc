@@ -1,6 +1,7 @@
 // QuantizedLinear and the factories that build linear layers from a plan.
 #include "core/quantized_linear.h"
 
+#include <algorithm>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -57,6 +58,20 @@ absl::StatusOr<std::vector<float>> LoadWeight(const Checkpoint& checkpoint,
                                               int64_t in_features) {
   ASSIGN_OR_RETURN(const std::string tensor_name, WeightTensorName(checkpoint, name));
   return checkpoint.LoadFloat32(tensor_name, {out_features, in_features});
+}
+
+// Rejects a plan file written for another model: every planned layer must exist here.
+absl::Status CheckPlanLayers(const Checkpoint& checkpoint, const QuantPlan& plan,
+                             const std::string& source) {
+  const std::vector<std::string> names = LinearLayerNames(checkpoint, /*include_lm_head=*/true);
+  for (const LayerPlan& layer : plan.layers) {
+    if (std::find(names.begin(), names.end(), layer.name) == names.end()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          source, ": layer ", layer.name, " is not a linear layer of ",
+          checkpoint.path().string(), "; was the plan written for another model?"));
+    }
+  }
+  return absl::OkStatus();
 }
 
 bool IsFixedSchemeName(const std::string& plan) {
@@ -137,12 +152,14 @@ absl::StatusOr<QuantPlan> ResolvePlan(const Checkpoint& checkpoint, const std::s
   // A plan file is JSON with "format": "w8a8-plan", or the output of `w8a8 analyze --json`
   // with the plan under "plan". Anything else is a config file.
   const nlohmann::json json = nlohmann::json::parse(contents.str(), nullptr, false);
-  if (!json.is_discarded() && json.is_object() && json.contains("format")) {
-    return PlanFromJson(json, path.string());
-  }
-  if (!json.is_discarded() && json.is_object() && json.contains("plan") &&
-      json["plan"].is_object()) {
-    return PlanFromJson(json["plan"], path.string());
+  const bool is_plan = !json.is_discarded() && json.is_object() && json.contains("format");
+  const bool is_report = !json.is_discarded() && json.is_object() && json.contains("plan") &&
+                         json["plan"].is_object();
+  if (is_plan || is_report) {
+    ASSIGN_OR_RETURN(QuantPlan parsed,
+                     PlanFromJson(is_plan ? json : json["plan"], path.string()));
+    RETURN_IF_ERROR(CheckPlanLayers(checkpoint, parsed, path.string()));
+    return parsed;
   }
   ASSIGN_OR_RETURN(const QuantConfig config, ParseQuantConfig(contents.str(), path.string()));
   return PlanFromConfig(checkpoint, config);

@@ -173,6 +173,15 @@ TEST_F(QuantExport, RejectsInvalidPlanArguments) {
   ASSERT_FALSE(broken.ok());
   EXPECT_THAT(std::string(broken.status().message()), HasSubstr("layers"));
 
+  nlohmann::json foreign = PlanToJson(*ResolvePlan(*source_, "per-channel"));
+  foreign["layers"][0]["name"] = "model.layers.9.self_attn.q_proj";
+  testing::WriteFile(dir_ / "foreign.json", foreign.dump());
+  absl::StatusOr<LinearFactory> mismatched =
+      LinearFactoryForPlan(*source_, (dir_ / "foreign.json").string());
+  ASSERT_FALSE(mismatched.ok());
+  EXPECT_THAT(std::string(mismatched.status().message()),
+              HasSubstr("model.layers.9.self_attn.q_proj is not a linear layer"));
+
   absl::StatusOr<QuantPlan> plan = ResolvePlan(*source_, "per-channel");
   ASSERT_TRUE(plan.ok()) << plan.status();
   ASSERT_TRUE(WriteCompressedTensors(*source_, *plan, dir_ / "stored").ok());
