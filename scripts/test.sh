@@ -5,6 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 bash scripts/build.sh
+
+# Test binaries run two at a time on shared cores; OpenMP workers that spin between parallel
+# regions would starve the other process and the serving engine's own thread.
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 (cd build && ctest --output-on-failure --timeout 1200 -j 2)
 
 # Parsers of untrusted files (checkpoints, tokenizers, configs) run again with sanitizers.

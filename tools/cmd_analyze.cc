@@ -7,11 +7,13 @@
 #include "absl/flags/declare.h"
 #include "absl/flags/flag.h"
 #include "core/checkpoint.h"
+#include "core/quant_chart.h"
 #include "core/quantization.h"
 #include "tools/command.h"
 #include "tools/flags.h"
 
 ABSL_DECLARE_FLAG(std::string, config);
+ABSL_DECLARE_FLAG(std::string, svg);
 
 namespace w8a8::tools {
 namespace {
@@ -50,6 +52,13 @@ int RunAnalyze(const std::vector<std::string>& args) {
     file << PlanToJson(report->plan).dump(2) << "\n";
     if (!file) return Fail(absl::InternalError("failed to write the plan to " + out));
     std::fprintf(stderr, "wrote the plan to %s\n", out.c_str());
+  }
+  if (const std::string svg = absl::GetFlag(FLAGS_svg); !svg.empty()) {
+    std::ofstream file(svg, std::ios::binary | std::ios::trunc);
+    file << RenderLayerErrorChart(report->analysis, report->plan,
+                                  "Weight quantization error per layer: " + model_path);
+    if (!file) return Fail(absl::InternalError("failed to write the chart to " + svg));
+    std::fprintf(stderr, "wrote the chart to %s\n", svg.c_str());
   }
   return 0;
 }
