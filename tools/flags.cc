@@ -37,7 +37,7 @@ ABSL_FLAG(bool, chat, false,
           "Wrap the prompt as one user message in the Llama 3 chat template.");
 ABSL_FLAG(std::string, plan, "fp32",
           "Linear-layer quantization: fp32, per-channel, per-group, per-tensor, auto, or a plan "
-          "or config file.");
+          "or config file. fp32 runs a compressed-tensors checkpoint as stored.");
 
 // make-model
 ABSL_FLAG(std::string, preset, "",
@@ -77,3 +77,5 @@ ABSL_FLAG(double, factor, 100.0,
           "inject-outliers: size of the outlier weights as a multiple of the RMS of the other "
           "weights.");
 ABSL_FLAG(int64_t, outliers_per_row, 1, "inject-outliers: outlier weights in every row.");
+ABSL_FLAG(std::string, svg, "",
+          "analyze: also write an SVG chart of per-channel and per-group error per layer.");
