@@ -1,7 +1,5 @@
 #include "core/model.h"
 
-#include <omp.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>

@@ -72,8 +72,11 @@ int RunGenerate(const std::vector<std::string>& args) {
   absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer =
       Tokenizer::FromSource((*checkpoint)->tokenizer_source());
   if (!tokenizer.ok()) return Fail(tokenizer.status());
+  // fp32 becomes the empty plan, which runs a compressed-tensors checkpoint as stored (its
+  // FP32 weights are gone) and any other checkpoint in FP32.
+  const std::string plan = absl::GetFlag(FLAGS_plan);
   absl::StatusOr<LinearFactory> factory =
-      LinearFactoryForPlan(**checkpoint, absl::GetFlag(FLAGS_plan));
+      LinearFactoryForPlan(**checkpoint, plan == "fp32" ? std::string() : plan);
   if (!factory.ok()) return Fail(factory.status());
   absl::StatusOr<std::unique_ptr<Model>> model = Model::Create(**checkpoint, *factory);
   if (!model.ok()) return Fail(model.status());

@@ -8,8 +8,10 @@
 #include <cstring>
 
 #include "core/checkpoint.h"
+#include "core/compressed_tensors.h"
 #include "core/generator.h"
 #include "core/model.h"
+#include "core/quantization.h"
 #include "core/tokenizer.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
@@ -260,6 +262,35 @@ TEST(MakeModelCliTest, ChatRejectsModelWithoutLlama3Tokens) {
   EXPECT_EQ(WEXITSTATUS(status), 1);
   EXPECT_NE(testing::ReadFile(dir / "err").find("--chat needs a Llama 3 tokenizer"),
             std::string::npos)
+      << testing::ReadFile(dir / "err");
+}
+
+// generate with the default plan (fp32) runs a compressed-tensors checkpoint as stored, but a
+// quantization plan cannot requantize its int8 weights.
+TEST(MakeModelCliTest, GenerateRunsQuantizedCheckpointAsStored) {
+  const testing::TempDir dir;
+  ASSERT_TRUE(MakeModel(TinyOptions(11), dir / "model").ok());
+  {
+    auto checkpoint = Checkpoint::Open(dir / "model");
+    ASSERT_TRUE(checkpoint.ok()) << checkpoint.status();
+    absl::StatusOr<QuantPlan> plan = ResolvePlan(**checkpoint, "per-channel");
+    ASSERT_TRUE(plan.ok()) << plan.status();
+    const absl::Status written = WriteCompressedTensors(**checkpoint, *plan, dir / "int8");
+    ASSERT_TRUE(written.ok()) << written;
+  }
+
+  const std::string tool = testing::W8a8Tool().string();
+  const std::string generate = tool + " generate --model " + (dir / "int8").string() +
+                               " --prompt Hi --max-tokens 2 --temperature 0 --ignore-eos";
+  int status = std::system((generate + " > /dev/null 2> " + (dir / "err").string()).c_str());
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0) << testing::ReadFile(dir / "err");
+
+  status = std::system(
+      (generate + " --plan per-channel > /dev/null 2> " + (dir / "err").string()).c_str());
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 1);
+  EXPECT_NE(testing::ReadFile(dir / "err").find("already quantized"), std::string::npos)
       << testing::ReadFile(dir / "err");
 }
 
