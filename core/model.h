@@ -80,6 +80,7 @@ class Model {
   // once per batch. Blocks until done and uses OpenMP worker threads. Safe to call from
   // several threads with distinct caches. Fails without touching the cache when a step has no
   // tokens, a token id outside the vocabulary, or a block table too short for its positions.
+  // NOTE: positions past config().max_position_embeddings are not rejected; callers bound them.
   absl::Status Forward(std::span<const SequenceStep> batch, KvCache& cache,
                        std::vector<float>& logits) const;
 
