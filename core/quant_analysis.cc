@@ -318,6 +318,10 @@ absl::StatusOr<QuantPlan> SelectPlan(const ModelAnalysis& analysis, const QuantC
       entry.last_group_size = LastGroupSize(layer.in_features, config.group_size);
       entry.reason = absl::StrCat(figures, "; per-group (G=", config.group_size, ") error ",
                                   Percent(layer.per_group.relative_error));
+      if (config.group_size >= layer.in_features) {
+        absl::StrAppend(&entry.reason, "; the group covers the whole row of ", layer.in_features,
+                        " inputs, so it equals per-channel: set a smaller group_size");
+      }
     } else {
       entry.reason = absl::StrCat(figures, ", but the per-group budget of ", budget,
                                   " layers went to worse layers");

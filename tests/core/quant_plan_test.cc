@@ -60,6 +60,15 @@ TEST(SelectPlan, PicksTheOutlierLayerForPerGroup) {
   EXPECT_FALSE(plan->layers[0].reason.empty());
 }
 
+TEST(SelectPlan, ReasonFlagsGroupCoveringWholeRow) {
+  QuantConfig config;
+  config.group_size = 64;  // The synthetic layers have 64 inputs.
+  absl::StatusOr<QuantPlan> plan = SelectPlan(SyntheticAnalysis(40, {{12, 0.05}}), config);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_EQ(plan->layers[12].scheme, WeightScheme::kPerGroup);
+  EXPECT_THAT(plan->layers[12].reason, HasSubstr("equals per-channel"));
+}
+
 TEST(SelectPlan, ModelWithoutOutliersIsPerChannel) {
   absl::StatusOr<QuantPlan> plan = SelectPlan(SyntheticAnalysis(40, {}), QuantConfig{});
   ASSERT_TRUE(plan.ok()) << plan.status();
