@@ -47,8 +47,8 @@ uint64_t ScalarSize(GgufType type) {
 
 bool IsKnownType(uint32_t type) { return type <= static_cast<uint32_t>(GgufType::kFloat64); }
 
-// The fewest bytes one value of `type` takes in the file: used to reject element counts that
-// cannot fit in the rest of the file before anything is allocated.
+// The minimum number of bytes one value of `type` takes in the file, used to reject element
+// counts that cannot fit in the rest of the file before anything is allocated.
 uint64_t MinEncodedSize(GgufType type) {
   if (type == GgufType::kString) return 8;   // Length only.
   if (type == GgufType::kArray) return 12;   // Element type and count.
@@ -150,16 +150,21 @@ class Reader {
   uint64_t position_ = 0;
 };
 
+// Reads one value of `type`. `what` describes the value in error messages; it is built once
+// per array rather than per element, because token arrays have 10^5 entries.
 absl::StatusOr<GgufValue> ReadValue(Reader& reader, GgufType type, const std::string& key,
-                                    int depth);
+                                    const std::string& what, int depth);
 
 template <typename T>
 absl::StatusOr<std::vector<T>> ReadScalarArray(Reader& reader, GgufType element_type,
-                                               uint64_t count, const std::string& key) {
+                                               uint64_t count, const std::string& key,
+                                               const std::string& what) {
+  const std::string element_what = absl::StrCat("an element of ", what);
   std::vector<T> values;
   values.reserve(count);
   for (uint64_t i = 0; i < count; ++i) {
-    ASSIGN_OR_RETURN(GgufValue element, ReadValue(reader, element_type, key, kMaxArrayNesting));
+    ASSIGN_OR_RETURN(GgufValue element,
+                     ReadValue(reader, element_type, key, element_what, kMaxArrayNesting));
     values.push_back(std::get<T>(element.value));
   }
   return values;
@@ -186,11 +191,11 @@ absl::StatusOr<GgufValue> ReadArray(Reader& reader, const std::string& key, int 
   result.element_type = element_type;
   switch (element_type) {
     case GgufType::kString: {
+      const std::string element_what = absl::StrCat("a string in ", what);
       std::vector<std::string> values;
       values.reserve(count);
       for (uint64_t i = 0; i < count; ++i) {
-        ASSIGN_OR_RETURN(std::string value,
-                         reader.ReadString(absl::StrCat("element ", i, " of ", what)));
+        ASSIGN_OR_RETURN(std::string value, reader.ReadString(element_what));
         values.push_back(std::move(value));
       }
       result.value = std::move(values);
@@ -207,24 +212,23 @@ absl::StatusOr<GgufValue> ReadArray(Reader& reader, const std::string& key, int 
       return result;
     }
     case GgufType::kUint64: {
-      ASSIGN_OR_RETURN(result.value, ReadScalarArray<uint64_t>(reader, element_type, count, key));
+      ASSIGN_OR_RETURN(result.value, ReadScalarArray<uint64_t>(reader, element_type, count, key, what));
       return result;
     }
     case GgufType::kFloat32:
     case GgufType::kFloat64: {
-      ASSIGN_OR_RETURN(result.value, ReadScalarArray<double>(reader, element_type, count, key));
+      ASSIGN_OR_RETURN(result.value, ReadScalarArray<double>(reader, element_type, count, key, what));
       return result;
     }
     default: {
-      ASSIGN_OR_RETURN(result.value, ReadScalarArray<int64_t>(reader, element_type, count, key));
+      ASSIGN_OR_RETURN(result.value, ReadScalarArray<int64_t>(reader, element_type, count, key, what));
       return result;
     }
   }
 }
 
 absl::StatusOr<GgufValue> ReadValue(Reader& reader, GgufType type, const std::string& key,
-                                    int depth) {
-  const std::string what = absl::StrCat("value of key '", key, "'");
+                                    const std::string& what, int depth) {
   GgufValue result;
   result.type = type;
   switch (type) {
@@ -558,7 +562,9 @@ absl::StatusOr<std::unique_ptr<GgufFile>> GgufFile::Parse(std::span<const std::b
     if (!IsKnownType(raw_type)) {
       return reader.Corrupt(absl::StrCat("key '", key, "' has unknown value type ", raw_type));
     }
-    ASSIGN_OR_RETURN(GgufValue value, ReadValue(reader, static_cast<GgufType>(raw_type), key, 0));
+    ASSIGN_OR_RETURN(GgufValue value,
+                     ReadValue(reader, static_cast<GgufType>(raw_type), key,
+                               absl::StrCat("the value of key '", key, "'"), 0));
     if (!keys.insert(key).second) {
       return reader.Corrupt(absl::StrCat("metadata key '", key, "' appears twice"));
     }

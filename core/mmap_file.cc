@@ -13,8 +13,8 @@
 namespace w8a8 {
 namespace {
 
-absl::Status ErrnoError(int error, const std::string& what) {
-  const std::string message = absl::StrCat(what, ": ", std::strerror(error));
+absl::Status ErrnoError(int error, const std::string& action) {
+  const std::string message = absl::StrCat(action, ": ", std::strerror(error));
   if (error == ENOENT) return absl::NotFoundError(message);
   if (error == EACCES || error == EPERM) return absl::PermissionDeniedError(message);
   return absl::InternalError(message);
@@ -24,13 +24,13 @@ absl::Status ErrnoError(int error, const std::string& what) {
 
 absl::StatusOr<std::unique_ptr<MappedFile>> MappedFile::Open(const std::filesystem::path& path) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return ErrnoError(errno, absl::StrCat("cannot open ", path.string()));
+  if (fd < 0) return ErrnoError(errno, absl::StrCat("failed to open ", path.string()));
 
   struct stat info;
   if (::fstat(fd, &info) != 0) {
     const int error = errno;
     ::close(fd);
-    return ErrnoError(error, absl::StrCat("cannot stat ", path.string()));
+    return ErrnoError(error, absl::StrCat("failed to stat ", path.string()));
   }
   if (!S_ISREG(info.st_mode)) {
     ::close(fd);
@@ -47,7 +47,7 @@ absl::StatusOr<std::unique_ptr<MappedFile>> MappedFile::Open(const std::filesyst
   const int error = errno;
   ::close(fd);  // The mapping stays valid after the descriptor is closed.
   if (data == MAP_FAILED) {
-    return ErrnoError(error, absl::StrCat("cannot memory-map ", path.string(), " (", size,
+    return ErrnoError(error, absl::StrCat("failed to memory-map ", path.string(), " (", size,
                                           " bytes)"));
   }
   return std::unique_ptr<MappedFile>(

@@ -243,7 +243,7 @@ absl::StatusOr<std::unique_ptr<SafetensorsWriter>> SafetensorsWriter::Create(
 
   writer->file_ = std::fopen(writer->partial_path_.c_str(), "wb");
   if (writer->file_ == nullptr) {
-    return absl::InternalError(absl::StrCat("cannot create ", writer->partial_path_.string(), ": ",
+    return absl::InternalError(absl::StrCat("failed to create ", writer->partial_path_.string(), ": ",
                                             std::strerror(errno)));
   }
   WriteLe64(writer->file_, text.size());

@@ -105,7 +105,7 @@ absl::Status ToFloat32(const TensorView& tensor, std::span<float> out) {
   ASSIGN_OR_RETURN(const uint64_t expected_bytes, TensorBytes(tensor.dtype, tensor.shape));
   if (expected_bytes != tensor.size_bytes) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "tensor '", tensor.name, "' holds ", tensor.size_bytes, " bytes, but ",
+        "tensor '", tensor.name, "' contains ", tensor.size_bytes, " bytes, but ",
         std::string(DTypeName(tensor.dtype)), " of shape [", absl::StrJoin(tensor.shape, ", "), "] needs ",
         expected_bytes));
   }
@@ -148,7 +148,7 @@ absl::StatusOr<std::vector<float>> ToFloat32(const TensorView& tensor) {
   ASSIGN_OR_RETURN(const uint64_t expected_bytes, TensorBytes(tensor.dtype, tensor.shape));
   if (expected_bytes != tensor.size_bytes) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "tensor '", tensor.name, "' holds ", tensor.size_bytes, " bytes, but ",
+        "tensor '", tensor.name, "' contains ", tensor.size_bytes, " bytes, but ",
         std::string(DTypeName(tensor.dtype)), " of shape [", absl::StrJoin(tensor.shape, ", "), "] needs ",
         expected_bytes));
   }

@@ -116,7 +116,8 @@ TEST(GgufWriter, MetadataOfEveryTypeRoundTrips) {
   const TensorView* tensor = gguf.FindTensor("t");
   ASSERT_NE(tensor, nullptr);
   EXPECT_EQ(tensor->shape, (std::vector<int64_t>{2, 3}));
-  EXPECT_EQ(reinterpret_cast<uintptr_t>(tensor->data) % 64, 0u);
+  const auto* file_start = reinterpret_cast<const std::byte*>(serialized->data());
+  EXPECT_EQ((tensor->data - file_start) % 64, 0);
   absl::StatusOr<std::vector<float>> loaded = ToFloat32(*tensor);
   ASSERT_TRUE(loaded.ok()) << loaded.status();
   EXPECT_EQ(*loaded, values);
@@ -246,13 +247,21 @@ TEST(GgufFile, Stories260KHeaderByteFlipsNeverCrash) {
                                reinterpret_cast<const std::byte*>(original.data()) +
                                    original.size());
   constexpr size_t kHeaderRegion = 14200;
-  int parsed = 0;
+  // Flips inside the token, score and token-type arrays, which start after the first key and
+  // end at the key "tokenizer.ggml.model", only change values, so the checkpoint layer runs on
+  // every 16th of them and on every other flip.
+  const size_t arrays_begin = original.find("tokenizer.ggml.tokens") + 32;
+  const size_t arrays_end = original.find("tokenizer.ggml.model");
+  ASSERT_LT(arrays_begin, arrays_end);
+  ASSERT_NE(arrays_end, std::string::npos);
   int opened = 0;
   for (size_t i = 0; i < kHeaderRegion; ++i) {
     bytes[i] ^= std::byte{0xA5};
     absl::StatusOr<std::unique_ptr<GgufFile>> file = GgufFile::Parse(bytes, "flip.gguf");
-    if (file.ok()) {
-      ++parsed;
+    const bool inside_arrays = i >= arrays_begin && i < arrays_end;
+    if (!file.ok()) {
+      ASSERT_THAT(file.status().message(), HasSubstr("flip.gguf")) << i;
+    } else if (!inside_arrays || i % 16 == 0) {
       // The checkpoint layer checks the llama metadata and tensor set on top.
       absl::StatusOr<std::unique_ptr<Checkpoint>> checkpoint =
           checkpoint_internal::OpenGgufCheckpoint(*std::move(file));
@@ -264,14 +273,11 @@ TEST(GgufFile, Stories260KHeaderByteFlipsNeverCrash) {
       } else {
         ASSERT_THAT(checkpoint.status().message(), HasSubstr("flip.gguf")) << i;
       }
-    } else {
-      ASSERT_THAT(file.status().message(), HasSubstr("flip.gguf")) << i;
     }
     bytes[i] ^= std::byte{0xA5};
   }
   // Flips inside token strings and scores keep the file valid.
   EXPECT_GT(opened, 0);
-  EXPECT_GE(parsed, opened);
 }
 
 TEST(GgufNames, LlamaNamesMapBothWays) {
