@@ -34,7 +34,7 @@ struct GgufTokenizerData {
   std::optional<std::string> chat_template;
 };
 
-// Where the tokenizer of a checkpoint comes from. At most one member is set: none when the
+// The origin of a checkpoint's tokenizer. At most one member is set: none when the
 // checkpoint carries no tokenizer (a directory without tokenizer.json and tokenizer.model, or
 // a GGUF file without tokenizer.ggml.tokens).
 struct TokenizerSource {

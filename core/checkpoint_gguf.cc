@@ -14,7 +14,7 @@
 namespace w8a8::checkpoint_internal {
 namespace {
 
-// llama.cpp writes 0xFFFFFFFF for "no such token" in some converted files.
+// Some converted files store 0xFFFFFFFF as the id of an absent token (padding, separator).
 constexpr int64_t kNoToken = 0xFFFFFFFF;
 // llama.cpp's tensor of per-frequency rotary divisors for Llama 3.1 scaling.
 constexpr std::string_view kRopeFreqsTensor = "rope_freqs.weight";

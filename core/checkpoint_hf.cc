@@ -17,7 +17,7 @@ using nlohmann::json;
 
 absl::StatusOr<json> ReadJsonObject(const std::filesystem::path& path) {
   std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path.string()));
+  if (!in) return absl::NotFoundError(absl::StrCat("failed to open ", path.string()));
   const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   json parsed = json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (parsed.is_discarded() || !parsed.is_object()) {

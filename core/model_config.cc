@@ -84,7 +84,7 @@ absl::StatusOr<std::vector<int32_t>> ReadTokenIds(const json& value, const std::
 absl::StatusOr<json> ReadJsonFile(const std::filesystem::path& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) {
-    return absl::NotFoundError(absl::StrCat("cannot open ", path.string()));
+    return absl::NotFoundError(absl::StrCat("failed to open ", path.string()));
   }
   const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   json parsed = json::parse(text, nullptr, /*allow_exceptions=*/false);
@@ -107,7 +107,7 @@ absl::StatusOr<std::optional<Llama3RopeScaling>> ParseRopeScaling(const json& ob
   if (!scaling.is_object()) {
     return KeyError(source, "rope_scaling", "must be an object or null", scaling);
   }
-  // Transformers 4.43 renamed "type" to "rope_type"; older files use "type".
+  // Newer Transformers versions write "rope_type" and older files "type".
   std::string type;
   for (const char* key : {"rope_type", "type"}) {
     if (scaling.contains(key) && scaling.at(key).is_string()) {
@@ -209,6 +209,7 @@ absl::Status ModelConfig::Validate() const {
         absl::StrCat("architecture '", architecture, "' is not supported; only ",
                      kLlamaArchitecture, " (LLaMA 2, 3, 3.1 and 3.2) is"));
   }
+
   const std::pair<const char*, int64_t> sizes[] = {
       {"hidden_size", hidden_size},
       {"intermediate_size", intermediate_size},
@@ -224,6 +225,8 @@ absl::Status ModelConfig::Validate() const {
           absl::StrCat("config key '", key, "' must be positive, got ", value));
     }
   }
+
+  // Head geometry.
   if (head_dim == 0 && hidden_size % num_attention_heads != 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("hidden_size ", hidden_size, " is not divisible by num_attention_heads ",
@@ -240,6 +243,8 @@ absl::Status ModelConfig::Validate() const {
         "num_key_value_heads ", num_key_value_heads, " must divide num_attention_heads ",
         num_attention_heads, " (grouped-query attention shares each key/value head)"));
   }
+
+  // Norm and rotary parameters.
   if (!(rms_norm_eps > 0.0)) {
     return absl::InvalidArgumentError(
         absl::StrCat("config key 'rms_norm_eps' must be positive, got ", rms_norm_eps));
@@ -259,6 +264,8 @@ absl::Status ModelConfig::Validate() const {
           ", original_max_position_embeddings ", s.original_max_position_embeddings));
     }
   }
+
+  // Special token ids.
   if (bos_token_id < 0 || bos_token_id >= vocab_size) {
     return absl::InvalidArgumentError(absl::StrCat("bos_token_id ", bos_token_id,
                                                    " is outside the vocabulary of ", vocab_size));
@@ -329,6 +336,7 @@ nlohmann::json ToHfConfigJson(const ModelConfig& config) {
   json out = json::object();
   out["architectures"] = json::array({config.architecture});
   out["model_type"] = "llama";
+
   out["hidden_size"] = config.hidden_size;
   out["intermediate_size"] = config.intermediate_size;
   out["num_hidden_layers"] = config.num_hidden_layers;
@@ -341,6 +349,7 @@ nlohmann::json ToHfConfigJson(const ModelConfig& config) {
   out["vocab_size"] = config.vocab_size;
   out["max_position_embeddings"] = config.max_position_embeddings;
   out["rms_norm_eps"] = config.rms_norm_eps;
+
   out["rope_theta"] = config.rope_theta;
   if (config.rope_scaling.has_value()) {
     out["rope_scaling"] = {
@@ -354,6 +363,7 @@ nlohmann::json ToHfConfigJson(const ModelConfig& config) {
   } else {
     out["rope_scaling"] = nullptr;
   }
+
   out["tie_word_embeddings"] = config.tie_word_embeddings;
   out["bos_token_id"] = config.bos_token_id;
   if (config.eos_token_ids.size() == 1) {
@@ -363,6 +373,8 @@ nlohmann::json ToHfConfigJson(const ModelConfig& config) {
   } else {
     out["eos_token_id"] = config.eos_token_ids;
   }
+
+  // Fixed properties of the LLaMA architecture that Transformers expects in the file.
   out["hidden_act"] = "silu";
   out["attention_bias"] = false;
   out["attention_dropout"] = 0.0;
