@@ -1,5 +1,6 @@
 // Byte-level BPE tokenizer: LLaMA 3's tokenizer.json from the npm reference package, and small
 // tokenizer.json files written by the tests for merge formats, added tokens and bad input.
+#include <random>
 #include <string>
 #include <thread>
 #include <vector>
@@ -144,6 +145,20 @@ TEST(BpeTokenizer, EncodesInvalidUtf8ByteByByte) {
   std::string bytes;
   for (int32_t id : ids) bytes += tokenizer->TokenBytes(id);
   EXPECT_EQ(bytes, text);
+}
+
+TEST(BpeTokenizer, EncodesRandomBytesWithoutLoss) {
+  const Tokenizer* tokenizer = LoadLlama3();
+  ASSERT_NE(tokenizer, nullptr);
+  std::mt19937 random(7);
+  for (int i = 0; i < 300; ++i) {
+    std::string text(random() % 64, '\0');
+    for (char& c : text) c = static_cast<char>(random() % 256);
+    const std::vector<int32_t> ids = tokenizer->Encode(text, false, true);
+    std::string bytes;
+    for (int32_t id : ids) bytes += tokenizer->TokenBytes(id);
+    EXPECT_EQ(bytes, text) << "random string " << i;
+  }
 }
 
 TEST(BpeTokenizer, EncodesLongInputs) {

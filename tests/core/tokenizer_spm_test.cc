@@ -1,6 +1,7 @@
 // SentencePiece BPE tokenizer on the stories260K vocabulary, from tok512.model and from the
 // GGUF file's metadata.
 #include <fstream>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -122,6 +123,26 @@ TEST(SentencePieceTokenizer, RoundTripsCorpus) {
   for (const std::string& text : SpmCorpus()) {
     const std::vector<int32_t> ids = tokenizer->Encode(text, true, false);
     EXPECT_EQ(tokenizer->Decode(ids, /*skip_special=*/true), text) << "text: " << text;
+  }
+}
+
+TEST(SentencePieceTokenizer, EncodesRandomBytesToValidIds) {
+  std::unique_ptr<Tokenizer> tokenizer = LoadModelFile();
+  ASSERT_NE(tokenizer, nullptr);
+  std::mt19937 random(7);
+  for (int i = 0; i < 300; ++i) {
+    std::string text(random() % 64, '\0');
+    for (char& c : text) c = static_cast<char>(random() % 256);
+    const std::vector<int32_t> ids = tokenizer->Encode(text, true, true);
+    for (int32_t id : ids) {
+      EXPECT_GE(id, 0) << "random string " << i;
+      EXPECT_LT(id, tokenizer->vocab_size()) << "random string " << i;
+    }
+    // Byte fallback keeps every byte, so decoding gives the text with ill-formed sequences
+    // replaced, unless the text spells U+2581 or a special piece itself.
+    if (text.find("\xE2\x96\x81") == std::string::npos && text.find('<') == std::string::npos) {
+      EXPECT_EQ(tokenizer->Decode(ids, true), ReplaceInvalidUtf8(text)) << "random string " << i;
+    }
   }
 }
 
