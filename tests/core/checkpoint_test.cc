@@ -116,7 +116,8 @@ TEST(CheckpointGguf, Stories260KQueryRowsMatchTheLlama2cExport) {
     std::memcpy(wk.data(), bin.data() + wk_offset + layer * 32 * 64 * 4, wk.size() * 4);
     absl::StatusOr<std::vector<float>> wq_hf = GgufRotaryRowsToHf(wq, 8, 8);
     absl::StatusOr<std::vector<float>> wk_hf = GgufRotaryRowsToHf(wk, 4, 8);
-    ASSERT_TRUE(wq_hf.ok() && wk_hf.ok());
+    ASSERT_TRUE(wq_hf.ok()) << wq_hf.status();
+    ASSERT_TRUE(wk_hf.ok()) << wk_hf.status();
     const std::string prefix = "model.layers." + std::to_string(layer) + ".self_attn.";
     absl::StatusOr<std::vector<float>> q = (*checkpoint)->LoadFloat32(prefix + "q_proj.weight", {64, 64});
     absl::StatusOr<std::vector<float>> k = (*checkpoint)->LoadFloat32(prefix + "k_proj.weight", {32, 64});
@@ -174,7 +175,8 @@ TEST(CheckpointGguf, WrittenModelReturnsHfLayoutWeights) {
   // A second request returns the same permuted buffer.
   absl::StatusOr<TensorView> first = (*checkpoint)->Tensor("model.layers.1.self_attn.k_proj.weight");
   absl::StatusOr<TensorView> second = (*checkpoint)->Tensor("model.layers.1.self_attn.k_proj.weight");
-  ASSERT_TRUE(first.ok() && second.ok());
+  ASSERT_TRUE(first.ok()) << first.status();
+  ASSERT_TRUE(second.ok()) << second.status();
   EXPECT_EQ(first->data, second->data);
 }
 

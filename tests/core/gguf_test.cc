@@ -254,6 +254,7 @@ TEST(GgufFile, Stories260KHeaderByteFlipsNeverCrash) {
   const size_t arrays_end = original.find("tokenizer.ggml.model");
   ASSERT_LT(arrays_begin, arrays_end);
   ASSERT_NE(arrays_end, std::string::npos);
+
   int opened = 0;
   for (size_t i = 0; i < kHeaderRegion; ++i) {
     bytes[i] ^= std::byte{0xA5};
@@ -276,6 +277,7 @@ TEST(GgufFile, Stories260KHeaderByteFlipsNeverCrash) {
     }
     bytes[i] ^= std::byte{0xA5};
   }
+
   // Flips inside token strings and scores keep the file valid.
   EXPECT_GT(opened, 0);
 }
@@ -375,7 +377,8 @@ TEST(GgufRotaryRows, AttentionScoresMatchAcrossRotaryLayouts) {
   }
   absl::StatusOr<std::vector<float>> wq_gguf = HfRotaryRowsToGguf(wq, kHeads, kHeadDim);
   absl::StatusOr<std::vector<float>> wk_gguf = HfRotaryRowsToGguf(wk, kHeads, kHeadDim);
-  ASSERT_TRUE(wq_gguf.ok() && wk_gguf.ok());
+  ASSERT_TRUE(wq_gguf.ok()) << wq_gguf.status();
+  ASSERT_TRUE(wk_gguf.ok()) << wk_gguf.status();
 
   for (int head = 0; head < kHeads; ++head) {
     for (const auto& [pos_q, pos_k] : {std::pair{5, 2}, std::pair{17, 0}, std::pair{3, 3}}) {
