@@ -83,16 +83,18 @@ std::string EncodeCodePoint(uint32_t code_point) {
 
 struct ByteAlphabet {
   std::array<std::string, 256> byte_to_text;
-  absl::flat_hash_map<uint32_t, uint8_t> code_point_to_byte;
+  // Byte of each code point of the alphabet, which ends at U+0143; -1 elsewhere.
+  std::array<int16_t, 0x144> code_point_to_byte;
 
   ByteAlphabet() {
+    code_point_to_byte.fill(-1);
     uint32_t next_extra = 256;
     for (uint32_t byte = 0; byte < 256; ++byte) {
       const bool printable = (byte >= 0x21 && byte <= 0x7E) || (byte >= 0xA1 && byte <= 0xAC) ||
                              (byte >= 0xAE && byte <= 0xFF);
       const uint32_t code_point = printable ? byte : next_extra++;
       byte_to_text[byte] = EncodeCodePoint(code_point);
-      code_point_to_byte[code_point] = static_cast<uint8_t>(byte);
+      code_point_to_byte[code_point] = static_cast<int16_t>(byte);
     }
   }
 };
@@ -122,9 +124,9 @@ std::string TokenTextToBytes(std::string_view text) {
   for (size_t pos = 0; pos < text.size();) {
     size_t length = 0;
     const uint32_t code_point = DecodeCodePoint(text.substr(pos), length);
-    if (auto it = alphabet.code_point_to_byte.find(code_point);
-        it != alphabet.code_point_to_byte.end()) {
-      bytes += static_cast<char>(it->second);
+    if (code_point < alphabet.code_point_to_byte.size() &&
+        alphabet.code_point_to_byte[code_point] >= 0) {
+      bytes += static_cast<char>(alphabet.code_point_to_byte[code_point]);
     } else {
       bytes.append(text.substr(pos, length));
     }
