@@ -305,9 +305,10 @@ absl::Status ReadPreTokenizer(const json& pre_tokenizer, const std::string& file
         config.split_pattern = std::string(kGpt2SplitPattern);
       }
     } else {
-      return absl::UnimplementedError(absl::StrCat(file, ": pre_tokenizer step \"", type,
-                                                   "\" is not supported; only Split and "
-                                                   "ByteLevel are"));
+      return absl::UnimplementedError(absl::StrCat(
+          file, ": pre_tokenizer step \"", type,
+          "\" is not supported, only Split and ByteLevel are; for a SentencePiece model pass "
+          "its tokenizer.model instead"));
     }
   }
   if (!byte_level) {

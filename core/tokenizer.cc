@@ -7,6 +7,7 @@
 #include "core/bpe_tokenizer.h"
 #include "core/spm_tokenizer.h"
 #include "core/status_macros.h"
+#include "spdlog/spdlog.h"
 
 namespace w8a8 {
 namespace {
@@ -117,7 +118,20 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromGguf(const GgufTokeniz
 }
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromSource(const TokenizerSource& source) {
-  if (source.tokenizer_json.has_value()) return FromTokenizerJson(*source.tokenizer_json);
+  if (source.tokenizer_json.has_value()) {
+    absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer =
+        FromTokenizerJson(*source.tokenizer_json);
+    // LLaMA 2 checkpoints ship a SentencePiece-style tokenizer.json, which only the
+    // tokenizer.model beside it describes in a supported form.
+    const std::filesystem::path model = source.tokenizer_json->parent_path() / "tokenizer.model";
+    if (!tokenizer.ok() && tokenizer.status().code() == absl::StatusCode::kUnimplemented &&
+        std::filesystem::exists(model)) {
+      spdlog::info("using {} because {} is not supported: {}", model.string(),
+                   source.tokenizer_json->string(), std::string(tokenizer.status().message()));
+      return FromSentencePieceModel(model);
+    }
+    return tokenizer;
+  }
   if (source.sentencepiece_model.has_value()) {
     return FromSentencePieceModel(*source.sentencepiece_model);
   }

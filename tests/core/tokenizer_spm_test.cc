@@ -255,6 +255,28 @@ TEST(SentencePieceTokenizer, FromPathAcceptsModelFile) {
   EXPECT_EQ((*tokenizer)->type(), "sentencepiece");
 }
 
+TEST(SentencePieceTokenizer, FromSourcePrefersModelOverUnsupportedJson) {
+  testing::TempDir dir;
+  // A SentencePiece-style tokenizer.json, which the byte-level BPE loader rejects.
+  testing::WriteFile(dir / "tokenizer.json",
+                     R"({"model": {"type": "BPE", "vocab": {}, "merges": []},
+                         "normalizer": null, "pre_tokenizer": {"type": "Metaspace"}})");
+  std::filesystem::copy_file(testing::Stories260KDir() / "tok512.model", dir / "tokenizer.model");
+  TokenizerSource source;
+  source.tokenizer_json = dir / "tokenizer.json";
+  auto tokenizer = Tokenizer::FromSource(source);
+  ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
+  EXPECT_EQ((*tokenizer)->type(), "sentencepiece");
+  EXPECT_THAT((*tokenizer)->Encode("Once upon a time", true, false),
+              ElementsAre(1, 403, 407, 261, 378));
+
+  std::filesystem::remove(dir / "tokenizer.model");
+  tokenizer = Tokenizer::FromSource(source);
+  ASSERT_FALSE(tokenizer.ok());
+  EXPECT_EQ(tokenizer.status().code(), absl::StatusCode::kUnimplemented);
+  EXPECT_THAT(tokenizer.status().message(), HasSubstr("tokenizer.model"));
+}
+
 TEST(SentencePieceTokenizer, GgufAndModelFileGiveIdenticalIds) {
   std::unique_ptr<Tokenizer> from_model = LoadModelFile();
   ASSERT_NE(from_model, nullptr);
