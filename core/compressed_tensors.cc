@@ -16,15 +16,11 @@
 #include "core/quant_analysis.h"
 #include "core/quantized_linear.h"
 #include "core/status_macros.h"
+#include "core/tokenizer_files.h"
 #include "spdlog/spdlog.h"
 
 namespace w8a8 {
 namespace {
-
-// Files of a Hugging Face directory that describe the tokenizer and generation defaults.
-constexpr const char* kCopiedFiles[] = {"tokenizer.json",          "tokenizer_config.json",
-                                        "tokenizer.model",         "special_tokens_map.json",
-                                        "generation_config.json"};
 
 std::string StrategyName(WeightScheme scheme) {
   switch (scheme) {
@@ -469,19 +465,9 @@ absl::Status WriteCompressedTensors(const Checkpoint& source, const QuantPlan& p
         absl::StrCat("failed to write ", (out_dir / "config.json").string()));
   }
 
-  // NOTE: a GGUF source carries its tokenizer inside the file, so the output directory has no
-  // tokenizer files; pass the tokenizer separately when serving it.
-  if (source.format() == "safetensors" && std::filesystem::is_directory(source.path())) {
-    for (const char* file : kCopiedFiles) {
-      const std::filesystem::path from = source.path() / file;
-      if (!std::filesystem::exists(from)) continue;
-      std::filesystem::copy_file(from, out_dir / file,
-                                 std::filesystem::copy_options::overwrite_existing, error);
-      if (error) {
-        return absl::InternalError(absl::StrCat("failed to copy ", from.string(), " to ",
-                                                out_dir.string(), ": ", error.message()));
-      }
-    }
+  if (absl::Status status = WriteTokenizerFiles(source, out_dir); !status.ok()) {
+    if (!absl::IsFailedPrecondition(status)) return status;
+    spdlog::warn("{}, so {} has no tokenizer files", status.ToString(), out_dir.string());
   }
   spdlog::info("wrote compressed-tensors checkpoint {}: {} quantized layers", out_dir.string(),
                quantized.size());

@@ -16,17 +16,13 @@
 #include "absl/strings/str_split.h"
 #include "core/quantization.h"
 #include "core/status_macros.h"
+#include "core/tokenizer_files.h"
 #include "spdlog/spdlog.h"
 
 namespace w8a8 {
 namespace {
 
 constexpr double kMaxOutlierFraction = 0.03;
-
-// Files of a Hugging Face directory that describe the tokenizer and generation defaults.
-constexpr const char* kCopiedFiles[] = {"tokenizer.json",          "tokenizer_config.json",
-                                        "tokenizer.model",         "special_tokens_map.json",
-                                        "generation_config.json"};
 
 double Rms(const float* data, int64_t count, int64_t stride) {
   double squares = 0.0;
@@ -289,17 +285,9 @@ absl::StatusOr<std::vector<std::string>> InjectOutliers(const Checkpoint& source
     return absl::InternalError(
         absl::StrCat("failed to write ", (out_dir / "config.json").string()));
   }
-  if (source.format() == "safetensors" && std::filesystem::is_directory(source.path())) {
-    for (const char* file : kCopiedFiles) {
-      const std::filesystem::path from = source.path() / file;
-      if (!std::filesystem::exists(from)) continue;
-      std::filesystem::copy_file(from, out_dir / file,
-                                 std::filesystem::copy_options::overwrite_existing, error);
-      if (error) {
-        return absl::InternalError(absl::StrCat("failed to copy ", from.string(), " to ",
-                                                out_dir.string(), ": ", error.message()));
-      }
-    }
+  if (absl::Status status = WriteTokenizerFiles(source, out_dir); !status.ok()) {
+    if (!absl::IsFailedPrecondition(status)) return status;
+    spdlog::warn("{}, so {} has no tokenizer files", status.ToString(), out_dir.string());
   }
   spdlog::info("wrote {}: {}", out_dir.string(), label);
   return chosen;
