@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The main job on a fresh Debian 12 machine: installs the dependencies, builds w8a8-serve,
-# starts w8a8-server on the default model (stories260K) with the W8A8 auto plan, waits until
-# its health check reports SERVING, sends one Generate call with w8a8-client, prints the reply
+# The main job on a fresh Debian 12 machine. It installs the dependencies, builds w8a8-serve
+# and starts w8a8-server on the default model (stories260K) with the W8A8 auto plan. Once the
+# health check reports SERVING, it sends one Generate call with w8a8-client, prints the reply
 # and stops the server.
 #
 # Environment:

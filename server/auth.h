@@ -13,11 +13,12 @@ namespace w8a8::server {
 // so a caller cannot guess a token byte by byte from response times.
 bool ConstantTimeEquals(std::string_view a, std::string_view b);
 
-// Returns the token of an "authorization: Bearer <token>" metadata entry, or nullopt-like empty
-// view when the entry is missing or has another scheme. The view points into `context`.
+// Returns the token of an "authorization: Bearer <token>" metadata entry, or an empty view when
+// the entry is missing or uses another scheme. The view points into `context`.
 std::string_view BearerToken(const grpc::ServerContext& context);
 
-// Who may call which RPC. Immutable after construction, so safe to share between threads.
+// Access rules of inference and admin RPCs. Immutable after construction, so safe to share
+// between threads.
 class Authorizer {
  public:
   // Empty tokens disable the check they guard: an empty `api_token` serves inference RPCs to

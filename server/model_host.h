@@ -31,7 +31,7 @@ enum class UpdateState { kIdle, kRunning, kSucceeded, kFailed };
 
 struct UpdateStatus {
   UpdateState state = UpdateState::kIdle;
-  std::string error;           // Why the last update failed.
+  std::string error;           // Error message of the last failed update.
   int64_t target_version = 0;  // The version the running or last update builds.
 };
 
@@ -39,7 +39,7 @@ struct UpdateStatus {
 // (model build, waiting for a running update); the rest return at once except WaitForUpdate.
 class ModelHost {
  public:
-  // Opens the checkpoint, builds the tokenizer and the model as `options.quantization` says,
+  // Opens the checkpoint, builds the tokenizer and the model with `options.quantization`,
   // and starts the engine with `metrics` as its observer. Blocks for the whole load.
   // `on_update_finished` runs on the update thread after every background update.
   static absl::StatusOr<std::unique_ptr<ModelHost>> Load(

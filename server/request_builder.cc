@@ -28,8 +28,8 @@ absl::StatusOr<std::vector<int32_t>> EncodePrompt(const v1::GenerateRequest& req
         return Invalid(absl::StrCat("text has ", text.size(), " bytes, more than the limit of ",
                                     limits.max_prompt_bytes, " (--max-prompt-bytes)"));
       }
-      // Like the offline generator: BOS as the tokenizer's configuration says, and special-token
-      // strings become their ids.
+      // Like the offline generator: BOS when the tokenizer's configuration adds one, and
+      // special-token strings become their ids.
       const bool add_bos = request.has_add_bos() ? request.add_bos() : tokenizer.adds_bos();
       return tokenizer.Encode(text, add_bos, /*parse_special=*/true);
     }

@@ -15,7 +15,8 @@
 
 namespace w8a8::server {
 
-// What to quantize with: a policy name, or the text of a plan file or a quantization config.
+// The quantization of a served model: a policy name, or the text of a plan file or a
+// quantization config.
 struct QuantizationRequest {
   // "fp32", "per-channel", "per-group", "per-tensor", "auto", a path to a plan or config file,
   // or "custom" when `config_text` is set.

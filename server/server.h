@@ -42,7 +42,7 @@ struct ServerOptions {
 // accessors from any thread.
 class Server {
  public:
-  // Binds the listeners and starts answering health checks (NOT_SERVING) and RPCs (UNAVAILABLE
+  // Binds the listeners and starts serving health checks (NOT_SERVING) and RPCs (UNAVAILABLE
   // until LoadModel finishes). Errors name the address, port or file at fault.
   static absl::StatusOr<std::unique_ptr<Server>> Start(
       const ServerOptions& options, std::shared_ptr<prometheus::Registry> registry);

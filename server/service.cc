@@ -21,7 +21,8 @@ namespace v1 = ::w8a8serve::v1;
 
 constexpr auto kCancelPollInterval = std::chrono::milliseconds(20);
 
-// Updates of one request, from the engine thread (Push never blocks) to the handler thread.
+// Updates of one request, from the engine thread to the handler thread. Push only takes a mutex
+// for a queue append, so the engine thread does not wait on the handler.
 class UpdateQueue {
  public:
   void Push(GenerationUpdate update) {

@@ -16,7 +16,7 @@
 namespace w8a8::server {
 
 // Hands the loaded ModelHost to RPC handlers while the server admits requests. Thread-safe.
-// A handler holds the returned shared_ptr for the whole call, so the host outlives every
+// A handler keeps the returned shared_ptr for the whole call, so the host outlives every
 // handler that acquired it.
 class ServingGate {
  public:
