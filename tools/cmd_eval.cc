@@ -223,8 +223,10 @@ int RunEval(const std::vector<std::string>& args) {
     if (perplexity.has_value() && reference_perplexity.has_value()) {
       delta = *perplexity - *reference_perplexity;
     }
+    // A plan file is shown by its file name, so the columns stay aligned.
+    const std::string label = run.name.substr(run.name.find_last_of('/') + 1);
     std::string row = absl::StrFormat(
-        "%-16s %-14s %10s %9s %10s %10s %8s", run.name,
+        "%-16s %-14s %10s %9s %10s %10s %8s", label,
         absl::StrCat(run.per_channel, "/", run.per_group, "/", run.per_tensor, "/",
                      run.full_precision),
         Figure(perplexity, "%.4f"), Figure(delta, "%+.4f"),
