@@ -180,6 +180,45 @@ TEST(CheckpointGguf, WrittenModelReturnsHfLayoutWeights) {
   EXPECT_EQ(first->data, second->data);
 }
 
+// Q8_0 q_proj/k_proj rows are dequantized and permuted; other Q8_0 tensors stay as stored.
+TEST(CheckpointGguf, Q8_0WeightsLoadInHfLayout) {
+  testing::TempDir dir;
+  ModelConfig config = testing::TinyConfig();
+  config.hidden_size = 32;
+  config.intermediate_size = 64;
+  config.head_dim = 8;
+  const auto weights = testing::TinyWeights(config);
+  GgufWriter writer;
+  std::vector<std::vector<std::byte>> storage;
+  ASSERT_TRUE(testing::FillGgufWriter(writer, config, weights, storage, DType::kQ8_0).ok());
+  ASSERT_TRUE(writer.WriteFile(dir / "q8.gguf").ok());
+  absl::StatusOr<std::unique_ptr<Checkpoint>> checkpoint = Checkpoint::Open(dir / "q8.gguf");
+  ASSERT_TRUE(checkpoint.ok()) << checkpoint.status();
+
+  for (const std::string name : {"model.layers.0.self_attn.q_proj.weight",
+                                 "model.layers.1.self_attn.k_proj.weight",
+                                 "model.layers.0.mlp.down_proj.weight"}) {
+    const testing::FloatTensor& original = weights.at(name);
+    // Q8_0 blocks lie within rows, so quantizing the Hugging Face rows gives the same values
+    // as quantizing the permuted rows and permuting back.
+    const std::vector<std::byte> encoded = testing::Encode(original.values, DType::kQ8_0);
+    const TensorView expected_view{name, DType::kQ8_0, original.shape, encoded.data(),
+                                   encoded.size()};
+    absl::StatusOr<std::vector<float>> expected = ToFloat32(expected_view);
+    ASSERT_TRUE(expected.ok()) << expected.status();
+    absl::StatusOr<std::vector<float>> loaded = (*checkpoint)->LoadFloat32(name, original.shape);
+    ASSERT_TRUE(loaded.ok()) << loaded.status();
+    EXPECT_EQ(*loaded, *expected) << name;
+  }
+  absl::StatusOr<TensorView> q = (*checkpoint)->Tensor("model.layers.0.self_attn.q_proj.weight");
+  ASSERT_TRUE(q.ok()) << q.status();
+  EXPECT_EQ(q->dtype, DType::kF32);
+  absl::StatusOr<TensorView> down = (*checkpoint)->Tensor("model.layers.0.mlp.down_proj.weight");
+  ASSERT_TRUE(down.ok()) << down.status();
+  EXPECT_EQ(down->dtype, DType::kQ8_0);
+  EXPECT_EQ((*checkpoint)->config().torch_dtype, "bfloat16");
+}
+
 TEST(CheckpointGguf, MissingOutputMeansTiedEmbeddings) {
   testing::TempDir dir;
   ModelConfig config = testing::TinyConfig();

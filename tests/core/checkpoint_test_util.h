@@ -2,6 +2,8 @@
 // directory (one safetensors file or shards) or as a GGUF file.
 #pragma once
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -77,9 +79,25 @@ inline std::map<std::string, FloatTensor> TinyWeights(const ModelConfig& config,
   return tensors;
 }
 
-// Encodes FP32 values as `dtype` (F32, F16 or BF16).
+// Encodes FP32 values as `dtype` (F32, F16, BF16 or Q8_0). Q8_0 takes blocks of 32
+// consecutive values with scale max|x| / 127, so rows must be a multiple of 32 long.
 inline std::vector<std::byte> Encode(const std::vector<float>& values, DType dtype) {
   std::vector<std::byte> bytes;
+  if (dtype == DType::kQ8_0) {
+    for (size_t block = 0; block < values.size(); block += 32) {
+      float max_abs = 0;
+      for (size_t i = block; i < block + 32; ++i) max_abs = std::max(max_abs, std::abs(values[i]));
+      const float scale = max_abs / 127;
+      const uint16_t scale_bits = FloatToHalf(scale);
+      bytes.push_back(static_cast<std::byte>(scale_bits & 0xff));
+      bytes.push_back(static_cast<std::byte>(scale_bits >> 8));
+      for (size_t i = block; i < block + 32; ++i) {
+        const float q = scale == 0 ? 0 : std::round(values[i] / scale);
+        bytes.push_back(static_cast<std::byte>(static_cast<int8_t>(q)));
+      }
+    }
+    return bytes;
+  }
   if (dtype == DType::kF32) {
     bytes.resize(values.size() * 4);
     std::memcpy(bytes.data(), values.data(), bytes.size());
@@ -149,10 +167,12 @@ inline absl::Status WriteHfDirectory(const std::filesystem::path& dir, const Mod
 
 // Fills `writer` with the llama metadata of `config`, a tokenizer of vocab_size pieces and
 // the tensors under their GGUF names, q_proj/k_proj rows permuted into GGUF's layout.
-// `storage` receives the encoded tensor bytes, which must outlive the writer's output.
+// `storage` receives the encoded tensor bytes, which must outlive the writer's output. With
+// `linear_dtype` Q8_0, every 2-D tensor is stored as Q8_0.
 inline absl::Status FillGgufWriter(GgufWriter& writer, const ModelConfig& config,
                                    const std::map<std::string, FloatTensor>& tensors,
-                                   std::vector<std::vector<std::byte>>& storage) {
+                                   std::vector<std::vector<std::byte>>& storage,
+                                   DType linear_dtype = DType::kF32) {
   writer.SetMetadata("general.architecture", GgufValue::String("llama"));
   writer.SetMetadata("llama.embedding_length", GgufValue::Uint32(config.hidden_size));
   writer.SetMetadata("llama.feed_forward_length", GgufValue::Uint32(config.intermediate_size));
@@ -188,10 +208,11 @@ inline absl::Status FillGgufWriter(GgufWriter& writer, const ModelConfig& config
       if (!permuted.ok()) return permuted.status();
       values = *std::move(permuted);
     }
-    storage.push_back(Encode(values, DType::kF32));
+    const DType dtype = tensor.shape.size() == 2 ? linear_dtype : DType::kF32;
+    storage.push_back(Encode(values, dtype));
     const std::optional<std::string> gguf_name = HfToGgufTensorName(name);
     if (!gguf_name.has_value()) return absl::InternalError(absl::StrCat("no GGUF name for ", name));
-    absl::Status status = writer.AddTensor(*gguf_name, DType::kF32, tensor.shape, storage.back());
+    absl::Status status = writer.AddTensor(*gguf_name, dtype, tensor.shape, storage.back());
     if (!status.ok()) return status;
   }
   return absl::OkStatus();
