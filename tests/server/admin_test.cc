@@ -8,6 +8,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
 #include "server/auth.h"
 #include "tests/server/server_test_util.h"
 
@@ -167,6 +168,32 @@ TEST(QuantizationUpdateTest, ConfigJsonSwapsModel) {
     if (layer.scheme() == "per-group") ++per_group;
   }
   EXPECT_EQ(per_group, 35);
+}
+
+TEST(QuantizationUpdateTest, AnalyzeReturnsLayerTable) {
+  auto started = StartTestServer(TestServerOptions());
+  ASSERT_TRUE(started.ok()) << started.status();
+  TestServer& server = **started;
+
+  v1::AnalyzeQuantizationRequest request;
+  request.set_plan("auto");
+  auto context = ContextWithDeadline();
+  v1::AnalyzeQuantizationResponse response;
+  const grpc::Status status = server.stub->AnalyzeQuantization(context.get(), request, &response);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  const nlohmann::json analysis = nlohmann::json::parse(response.analysis_json(), nullptr, false);
+  ASSERT_FALSE(analysis.is_discarded());
+  ASSERT_TRUE(analysis.contains("layers"));
+  EXPECT_EQ(analysis["layers"].size(), 35u);
+  EXPECT_EQ(response.layers_per_scheme().at("per-channel"), 35);
+  EXPECT_THAT(response.plan_json(), HasSubstr("w8a8-plan"));
+
+  // A file path would let a client probe the server's files, so only policy names pass.
+  request.set_plan("/etc/hostname");
+  auto path_context = ContextWithDeadline();
+  const grpc::Status path_status =
+      server.stub->AnalyzeQuantization(path_context.get(), request, &response);
+  EXPECT_EQ(path_status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
 }
 
 TEST(QuantizationUpdateTest, LiveUpdateUnderLoadFailsNoRequest) {

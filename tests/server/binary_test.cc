@@ -175,6 +175,11 @@ TEST(ClientBinaryTest, GeneratesAndChecksHealth) {
   EXPECT_EQ(report["generated_tokens"], 96);
   EXPECT_EQ(report["time_to_first_token_seconds"]["count"], 12);
 
+  EXPECT_EQ(RunCommand(client + " info", &output), 0);
+  EXPECT_THAT(output, HasSubstr("\"tokenizer_type\": \"sentencepiece\""));
+  EXPECT_EQ(RunCommand(client + " quant get", &output), 0);
+  EXPECT_THAT(output, HasSubstr("\"per-channel\": 35"));
+
   server.process().Signal(SIGTERM);
   EXPECT_EQ(server.process().Wait(60), 0) << server.log();
 }
