@@ -237,6 +237,10 @@ absl::Status W8A8ServeService::RunGeneration(grpc::ServerContext* context,
   auto queue = std::make_shared<UpdateQueue>();
   absl::Status submitted = engine.Submit(
       *std::move(generation), [queue](GenerationUpdate update) { queue->Push(std::move(update)); });
+  if (submitted.code() == absl::StatusCode::kResourceExhausted) {
+    return reject(absl::ResourceExhaustedError(
+        absl::StrCat(submitted.message(), " (server flag --max-queue)")));
+  }
   if (!submitted.ok()) return reject(submitted);
 
   bool cancel_sent = false;

@@ -353,6 +353,7 @@ TEST(GenerationQueueTest, FullQueueReturnsResourceExhausted) {
   v1::GenerateResponse response;
   const grpc::Status status = server.stub->Generate(context.get(), long_request, &response);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(status.error_message(), HasSubstr("--max-queue"));
 
   running_context.TryCancel();
   queued_context.TryCancel();
