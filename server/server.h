@@ -57,6 +57,8 @@ class Server {
   // Graceful stop: health NOT_SERVING, new requests get UNAVAILABLE, running and queued
   // requests get up to `grace` to finish and are then ended with UNAVAILABLE, and the listeners
   // close. Blocks until done.
+  // NOTE: an UpdateQuantizationConfig call with `wait` keeps its handler, and so this method,
+  // busy until the re-quantization ends, which the grace period does not bound.
   void Shutdown(absl::Duration grace);
 
   int port() const { return port_; }
