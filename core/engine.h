@@ -63,7 +63,7 @@ enum class FinishReason {
 // "stop", "length", "cancelled", "deadline" or "error".
 std::string_view FinishReasonName(FinishReason reason);
 
-struct TokenLogprob {
+struct LogprobAlternative {
   int32_t token_id = 0;
   float logprob = 0.0f;  // Natural log of the probability before sampling penalties.
 };
@@ -73,7 +73,7 @@ struct GeneratedToken {
   // Set when the request sets top_logprobs >= 0; unset for the first echoed prompt token,
   // which has no preceding context.
   std::optional<float> logprob;
-  std::vector<TokenLogprob> top_logprobs;  // Most probable first.
+  std::vector<LogprobAlternative> top_logprobs;  // Most probable first.
 };
 
 struct GenerationUsage {

@@ -57,6 +57,10 @@ EngineSequence::EngineSequence(uint64_t id, GenerationRequest request,
                    request_.sampling.stop_token_ids.end());
   tokens_.reserve(tokens_.size() + static_cast<size_t>(request_.sampling.max_tokens));
   pending_.request_id = request_.request_id;
+  // The detokenizer decodes the prompt first, so that the first generated piece keeps its
+  // leading space: SentencePiece drops that space only at the start of a text.
+  for (const int32_t token : request_.prompt_ids) detokenizer_.Push(token);
+  detokenizer_.Flush();
   if (request_.echo) {
     for (const int32_t token : request_.prompt_ids) {
       echo_tokens_.push_back(Unscored(token));

@@ -84,7 +84,7 @@ void AppendLogprob(const Tokenizer& tokenizer, const GeneratedToken& token,
   entry.set_token_id(token.token_id);
   entry.set_token(tokenizer.TokenString(token.token_id));
   if (token.logprob.has_value()) entry.set_logprob(*token.logprob);
-  for (const TokenLogprob& alternative : token.top_logprobs) {
+  for (const LogprobAlternative& alternative : token.top_logprobs) {
     v1::TopLogprob& top = *entry.add_top_logprobs();
     top.set_token_id(alternative.token_id);
     top.set_token(tokenizer.TokenString(alternative.token_id));

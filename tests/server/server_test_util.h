@@ -22,14 +22,9 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-// NOTE: core/generator.h and core/engine.h both define w8a8::TokenLogprob, so no file can
-// include both as they stand. The generator's struct is renamed for this header only; its
-// layout is unchanged and the tests never touch its log-probabilities.
-#define TokenLogprob GeneratorTokenLogprob
-#include "core/generator.h"
-#undef TokenLogprob
 #include "absl/strings/str_cat.h"
 #include "core/checkpoint.h"
+#include "core/generator.h"
 #include "core/model.h"
 #include "core/quantization.h"
 #include "core/status_macros.h"
