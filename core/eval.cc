@@ -143,6 +143,8 @@ absl::StatusOr<FidelityResult> CompareModels(const Model& reference, const Model
         return absl::OkStatus();
       }));
   result.positions = static_cast<int64_t>(kl_values.size());
+  result.top1_agreements = agreements;
+  result.kl_values = kl_values;
   double sum = 0.0;
   for (double kl : kl_values) sum += kl;
   result.mean_kl = sum / static_cast<double>(result.positions);

@@ -42,6 +42,8 @@ struct FidelityResult {
   double mean_kl = 0.0;  // Mean KL(reference || candidate) of next-token distributions, nats.
   double p99_kl = 0.0;   // 99th percentile of the same, nearest-rank.
   double top1_agreement = 0.0;  // Fraction of positions whose argmax tokens are equal.
+  int64_t top1_agreements = 0;  // Positions whose argmax tokens are equal.
+  std::vector<double> kl_values;  // KL of every scored position, in token order, nats.
   PerplexityResult reference;
   PerplexityResult candidate;
 };

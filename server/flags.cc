@@ -8,6 +8,7 @@
 #include "absl/flags/reflection.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "core/status_macros.h"
 
 ABSL_FLAG(std::string, model, "",
           "Required. Checkpoint to serve: a Hugging Face directory (config.json and safetensors) "
@@ -65,6 +66,14 @@ ABSL_FLAG(int32_t, max_top_logprobs, 20, "Maximum top_logprobs of a request.");
 ABSL_FLAG(int32_t, max_concurrent_streams, 100, "Maximum concurrent calls per HTTP/2 connection.");
 ABSL_FLAG(int32_t, max_threads, 512,
           "Maximum gRPC handler threads; calls beyond get RESOURCE_EXHAUSTED.");
+ABSL_FLAG(double, shadow_fraction, 0,
+          "Fraction of finished requests, in [0, 1], replayed on a low-priority background "
+          "thread through an FP32 reference model to export the KL divergence and top-1 "
+          "agreement of the served model; 0 turns it off. The reference model takes 4 bytes "
+          "per parameter of extra memory.");
+ABSL_FLAG(int64_t, shadow_queue, 64,
+          "Maximum requests waiting for the shadow comparison; more are dropped and counted "
+          "in w8a8_shadow_requests_total{result=\"dropped\"}.");
 
 namespace w8a8::server {
 
@@ -76,7 +85,7 @@ const std::vector<std::string>& ServerFlagNames() {
       "api_token", "admin_token", "tls_cert", "tls_key", "tls_client_ca", "grace_period_seconds",
       "max_message_bytes", "max_prompt_bytes", "max_prompt_tokens", "max_tokens_limit",
       "default_max_tokens", "max_stop_strings", "max_stop_string_bytes", "max_top_logprobs",
-      "max_concurrent_streams", "max_threads"};
+      "max_concurrent_streams", "max_threads", "shadow_fraction", "shadow_queue"};
   return *names;
 }
 
@@ -142,6 +151,9 @@ absl::StatusOr<ServerOptions> ServerOptionsFromFlags() {
     return absl::InvalidArgumentError(absl::StrCat("engine flags: ", status.message()));
   }
   options.host.model.max_batch_tokens = engine.max_batch_tokens;
+  options.host.shadow.fraction = absl::GetFlag(FLAGS_shadow_fraction);
+  options.host.shadow.queue_capacity = absl::GetFlag(FLAGS_shadow_queue);
+  RETURN_IF_ERROR(options.host.shadow.Validate());
 
   options.listen_host = absl::GetFlag(FLAGS_host);
   options.port = absl::GetFlag(FLAGS_port);

@@ -26,6 +26,13 @@ Histogram::BucketBoundaries PowersOfTwo(int count) {
   return buckets;
 }
 
+// KL divergences from 1e-5 to 10 nats, four buckets per decade.
+Histogram::BucketBoundaries KlDivergenceBuckets() {
+  Histogram::BucketBoundaries buckets;
+  for (int i = 0; i <= 24; ++i) buckets.push_back(std::pow(10.0, -5.0 + i / 4.0));
+  return buckets;
+}
+
 Histogram& AddHistogram(prometheus::Registry& registry, const std::string& name,
                         const std::string& help, Histogram::BucketBoundaries buckets) {
   return prometheus::BuildHistogram().Name(name).Help(help).Register(registry).Add({}, buckets);
@@ -108,7 +115,27 @@ ServerMetrics::ServerMetrics(prometheus::Registry& registry)
                                 .Register(registry)),
       quantization_update_time_(AddHistogram(registry, "w8a8_quantization_update_seconds",
                                              "Time to re-quantize and swap the model.",
-                                             LatencyBuckets())) {}
+                                             LatencyBuckets())),
+      shadow_kl_divergence_(prometheus::BuildHistogram()
+                                .Name("w8a8_shadow_kl_divergence")
+                                .Help("KL divergence in nats of the served model's next-token "
+                                      "distribution from the FP32 reference's, per replayed "
+                                      "position.")
+                                .Register(registry)),
+      shadow_positions_(prometheus::BuildCounter()
+                            .Name("w8a8_shadow_positions_total")
+                            .Help("Positions compared against the FP32 reference.")
+                            .Register(registry)),
+      shadow_top1_agreements_(prometheus::BuildCounter()
+                                  .Name("w8a8_shadow_top1_agreements_total")
+                                  .Help("Compared positions where the served model and the FP32 "
+                                        "reference have the same most likely token.")
+                                  .Register(registry)),
+      shadow_requests_(prometheus::BuildCounter()
+                           .Name("w8a8_shadow_requests_total")
+                           .Help("Sampled requests by shadow result (compared, dropped, "
+                                 "error).")
+                           .Register(registry)) {}
 
 void ServerMetrics::OnStep(const StepStats& step) {
   batch_sequences_.Observe(static_cast<double>(step.num_sequences));
@@ -185,6 +212,21 @@ void ServerMetrics::SetServedModel(const std::string& model_path,
 void ServerMetrics::RecordQuantizationUpdate(const std::string& result, double seconds) {
   quantization_updates_.Add({{"result", result}}).Increment();
   quantization_update_time_.Observe(seconds);
+}
+
+void ServerMetrics::RecordShadowComparison(const std::string& plan,
+                                           std::span<const double> kl_values,
+                                           int64_t top1_agreements) {
+  prometheus::Histogram& histogram = shadow_kl_divergence_.Add({{"plan", plan}},
+                                                               KlDivergenceBuckets());
+  for (double kl : kl_values) histogram.Observe(kl);
+  shadow_positions_.Add({{"plan", plan}}).Increment(static_cast<double>(kl_values.size()));
+  shadow_top1_agreements_.Add({{"plan", plan}}).Increment(static_cast<double>(top1_agreements));
+  shadow_requests_.Add({{"plan", plan}, {"result", "compared"}}).Increment();
+}
+
+void ServerMetrics::RecordShadowResult(const std::string& plan, const std::string& result) {
+  shadow_requests_.Add({{"plan", plan}, {"result", result}}).Increment();
 }
 
 }  // namespace w8a8::server

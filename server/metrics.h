@@ -7,6 +7,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <string>
 
 #include "absl/status/status.h"
@@ -45,6 +46,13 @@ class ServerMetrics : public EngineObserver {
   // A finished UpdateQuantizationConfig; `result` is "succeeded" or "failed".
   void RecordQuantizationUpdate(const std::string& result, double seconds);
 
+  // Records one shadow comparison: the KL divergence of every position in nats, and the
+  // number of positions whose top-1 tokens agree. Also counts the request as "compared".
+  void RecordShadowComparison(const std::string& plan, std::span<const double> kl_values,
+                              int64_t top1_agreements);
+  // Counts a shadow sample that was not compared. `result` is "dropped" or "error".
+  void RecordShadowResult(const std::string& plan, const std::string& result);
+
  private:
   prometheus::Family<prometheus::Counter>& requests_;
   prometheus::Histogram& time_to_first_token_;
@@ -69,6 +77,10 @@ class ServerMetrics : public EngineObserver {
   prometheus::Family<prometheus::Gauge>& weight_sqnr_;
   prometheus::Family<prometheus::Counter>& quantization_updates_;
   prometheus::Histogram& quantization_update_time_;
+  prometheus::Family<prometheus::Histogram>& shadow_kl_divergence_;
+  prometheus::Family<prometheus::Counter>& shadow_positions_;
+  prometheus::Family<prometheus::Counter>& shadow_top1_agreements_;
+  prometheus::Family<prometheus::Counter>& shadow_requests_;
 
   std::mutex mutex_;
   prometheus::Gauge* model_info_series_ = nullptr;

@@ -7,6 +7,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "core/linear.h"
 #include "core/status_macros.h"
 #include "spdlog/spdlog.h"
 
@@ -63,6 +64,24 @@ absl::StatusOr<std::unique_ptr<ModelHost>> ModelHost::Load(
                served.plan_name, SchemeSummary(served), served.analysis_seconds,
                served.build_seconds, served.model->weight_bytes());
 
+  if (options.shadow.fraction > 0) {
+    RETURN_IF_ERROR(options.shadow.Validate());
+    if (resolved.stored) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--shadow-fraction=", options.shadow.fraction, " needs FP32 weights for the reference "
+          "model, but ", options.model_path, " stores quantized weights; set it to 0"));
+    }
+    const absl::Time reference_start = absl::Now();
+    ASSIGN_OR_RETURN(std::unique_ptr<Model> reference,
+                     Model::Create(*host->checkpoint_, Fp32LinearFactory(), options.model));
+    spdlog::info("shadow comparison on for a fraction {} of requests (queue {}): FP32 reference "
+                 "built in {:.3f} s, {} bytes of linear weights",
+                 options.shadow.fraction, options.shadow.queue_capacity,
+                 absl::ToDoubleSeconds(absl::Now() - reference_start), reference->weight_bytes());
+    host->shadow_ = std::make_unique<ShadowComparator>(std::move(reference), options.shadow,
+                                                       host->metrics_);
+  }
+
   auto shared = std::make_shared<const ServedModel>(std::move(served));
   ASSIGN_OR_RETURN(host->engine_, Engine::Create(shared->model, host->tokenizer_, options.engine,
                                                  host->metrics_, "1"));
@@ -72,7 +91,26 @@ absl::StatusOr<std::unique_ptr<ModelHost>> ModelHost::Load(
 
 ModelHost::~ModelHost() {
   if (update_thread_.joinable()) update_thread_.join();
+  shadow_.reset();
   engine_.reset();
+}
+
+void ModelHost::OfferShadowSample(std::vector<int32_t> tokens, const std::string& model_label) {
+  if (shadow_ == nullptr || tokens.size() < 2 || !shadow_->Draw()) return;
+  ShadowSample sample;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    sample.plan_label = absl::StrCat(current_->plan_name, "/", version_);
+    // NOTE: the host keeps only the current model, so a request that ran on a model swapped
+    // out since then is counted as dropped under the current model's label.
+    if (std::to_string(version_) == model_label) sample.serving = current_->model;
+  }
+  if (sample.serving == nullptr) {
+    if (metrics_ != nullptr) metrics_->RecordShadowResult(sample.plan_label, "dropped");
+    return;
+  }
+  sample.tokens = std::move(tokens);
+  shadow_->Enqueue(std::move(sample));
 }
 
 std::shared_ptr<const ServedModel> ModelHost::current() const {

@@ -17,6 +17,7 @@
 #include "core/tokenizer.h"
 #include "server/metrics.h"
 #include "server/served_model.h"
+#include "server/shadow.h"
 
 namespace w8a8::server {
 
@@ -25,6 +26,7 @@ struct ModelHostOptions {
   QuantizationRequest quantization;
   EngineOptions engine;
   ModelOptions model;
+  ShadowOptions shadow;
 };
 
 enum class UpdateState { kIdle, kRunning, kSucceeded, kFailed };
@@ -67,6 +69,11 @@ class ModelHost {
   // version the new model will have. FAILED_PRECONDITION while another update runs.
   absl::StatusOr<int64_t> StartUpdate(const QuantizationRequest& request);
 
+  // Offers a finished request (status OK) to the shadow comparison, which replays it when
+  // shadowing is on and the draw selects it. `model_label` is the engine's label of the model
+  // the request ran on. Returns at once.
+  void OfferShadowSample(std::vector<int32_t> tokens, const std::string& model_label);
+
   // Blocks until no update is running.
   void WaitForUpdate();
   UpdateStatus update_status() const;
@@ -82,6 +89,7 @@ class ModelHost {
   std::shared_ptr<ServerMetrics> metrics_;
   std::function<void(const UpdateStatus&)> on_update_finished_;
   std::unique_ptr<Engine> engine_;
+  std::unique_ptr<ShadowComparator> shadow_;  // Null when shadowing is off.
 
   mutable std::mutex mutex_;
   std::condition_variable update_done_;

@@ -6,6 +6,7 @@
 #include <optional>
 #include <set>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -234,6 +235,8 @@ absl::Status W8A8ServeService::RunGeneration(grpc::ServerContext* context,
                              engine.options().max_context, options_.limits, DeadlineOf(*context));
   if (!generation.ok()) return reject(generation.status());
 
+  // The prompt and generated ids, for the shadow comparison.
+  std::vector<int32_t> sequence = generation->prompt_ids;
   auto queue = std::make_shared<UpdateQueue>();
   absl::Status submitted = engine.Submit(
       *std::move(generation), [queue](GenerationUpdate update) { queue->Push(std::move(update)); });
@@ -258,6 +261,7 @@ absl::Status W8A8ServeService::RunGeneration(grpc::ServerContext* context,
       continue;
     }
     if (!on_update(*update)) cancel("the client stopped reading the stream");
+    for (const GeneratedToken& token : update->tokens) sequence.push_back(token.token_id);
     if (!update->finished) continue;
 
     const GenerationUpdate& last = *update;
@@ -275,6 +279,7 @@ absl::Status W8A8ServeService::RunGeneration(grpc::ServerContext* context,
         status.code() != absl::StatusCode::kDeadlineExceeded) {
       spdlog::error("request {} failed: {}", request_id, status.ToString());
     }
+    if (status.ok()) (*host)->OfferShadowSample(std::move(sequence), last.model_label);
     return status;
   }
 }

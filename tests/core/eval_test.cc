@@ -116,6 +116,9 @@ TEST_F(EvalTest, ModelComparedWithItselfHasNoDivergence) {
   EXPECT_DOUBLE_EQ(fidelity->mean_kl, 0.0);
   EXPECT_DOUBLE_EQ(fidelity->p99_kl, 0.0);
   EXPECT_DOUBLE_EQ(fidelity->top1_agreement, 1.0);
+  EXPECT_EQ(fidelity->top1_agreements, fidelity->positions);
+  ASSERT_EQ(static_cast<int64_t>(fidelity->kl_values.size()), fidelity->positions);
+  for (double kl : fidelity->kl_values) EXPECT_DOUBLE_EQ(kl, 0.0);
   EXPECT_DOUBLE_EQ(fidelity->reference.perplexity(), fidelity->candidate.perplexity());
 }
 
