@@ -79,3 +79,12 @@ ABSL_FLAG(double, factor, 100.0,
 ABSL_FLAG(int64_t, outliers_per_row, 1, "inject-outliers: outlier weights in every row.");
 ABSL_FLAG(std::string, svg, "",
           "analyze: also write an SVG chart of per-channel and per-group error per layer.");
+
+// bench
+ABSL_FLAG(std::string, suite, "",
+          "bench: comma-separated suites to run: machine, kernels, model. Empty runs machine and "
+          "kernels, plus model when --model is set. Every suite needs the machine figures, so "
+          "they are always measured.");
+ABSL_FLAG(double, seconds, 0.5,
+          "bench: minimum seconds of timed runs per figure. Each figure is the fastest run, "
+          "except decode, which reports the mean step.");

@@ -1,0 +1,143 @@
+// The `w8a8 bench` command of the built tool: the JSON fields exist and are positive. No
+// timing is asserted, because the machine running the tests may be loaded.
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <string>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "tests/test_util.h"
+
+namespace w8a8 {
+namespace {
+
+using ::testing::HasSubstr;
+
+struct CommandResult {
+  int exit_code = -1;
+  std::string output;
+};
+
+// Runs the tool with `arguments`. Its stderr joins the output only when `with_stderr` is set.
+CommandResult RunTool(const std::string& arguments, bool with_stderr) {
+  CommandResult result;
+  const std::string command = "OMP_WAIT_POLICY=passive " + testing::W8a8Tool().string() + " " +
+                              arguments + (with_stderr ? " 2>&1" : " 2>/dev/null");
+  FILE* pipe = popen(command.c_str(), "r");
+  if (pipe == nullptr) return result;
+  std::array<char, 4096> buffer;
+  size_t read = 0;
+  while ((read = fread(buffer.data(), 1, buffer.size(), pipe)) > 0) {
+    result.output.append(buffer.data(), read);
+  }
+  const int status = pclose(pipe);
+  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return result;
+}
+
+double Number(const nlohmann::json& object, const std::string& key) {
+  if (!object.contains(key) || !object[key].is_number()) return -1.0;
+  return object[key].get<double>();
+}
+
+class BenchCli : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_TRUE(std::filesystem::exists(testing::W8a8Tool()))
+        << "build the w8a8 target first: " << testing::W8a8Tool();
+  }
+};
+
+void ExpectMachineFields(const nlohmann::json& machine) {
+  EXPECT_GE(Number(machine, "threads"), 1.0);
+  // Without AVX-512 VNNI the ceilings are not measured and stay 0.
+  if (!machine["avx512_probes"].get<bool>()) return;
+  for (const char* ceiling : {"read_gbs", "int8_gops", "fp32_gflops"}) {
+    EXPECT_GT(Number(machine[ceiling], "one_thread"), 0.0) << ceiling;
+    EXPECT_GT(Number(machine[ceiling], "all_threads"), 0.0) << ceiling;
+  }
+}
+
+TEST_F(BenchCli, MachineAndKernelsJson) {
+  const CommandResult result =
+      RunTool("bench --suite machine,kernels --seconds 0.05 --json", false);
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  const nlohmann::json report = nlohmann::json::parse(result.output, nullptr, false);
+  ASSERT_FALSE(report.is_discarded()) << result.output;
+  ASSERT_TRUE(report.contains("machine"));
+  ExpectMachineFields(report["machine"]);
+  const bool probes = report["machine"]["avx512_probes"].get<bool>();
+
+  ASSERT_TRUE(report.contains("kernels"));
+  // 4 shapes x 5 row counts x 3 kernels.
+  ASSERT_EQ(report["kernels"].size(), 60u);
+  for (const nlohmann::json& entry : report["kernels"]) {
+    const std::string label = entry.dump();
+    EXPECT_GT(Number(entry, "gops"), 0.0) << label;
+    EXPECT_GT(Number(entry, "seconds"), 0.0) << label;
+    if (!probes) continue;
+    EXPECT_GT(Number(entry, "peak_fraction"), 0.0) << label;
+    if (entry["m"].get<int64_t>() <= 16) {
+      EXPECT_GT(Number(entry, "bandwidth_fraction"), 0.0) << label;
+    } else {
+      EXPECT_FALSE(entry.contains("bandwidth_fraction")) << label;
+    }
+  }
+  EXPECT_FALSE(report.contains("model"));
+}
+
+TEST_F(BenchCli, ModelSuiteOnStories260K) {
+  const std::string model = testing::Stories260KGguf().string();
+  ASSERT_TRUE(std::filesystem::exists(model)) << model;
+  const CommandResult result =
+      RunTool("bench --suite model --seconds 0.01 --json --model " + model, false);
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  const nlohmann::json report = nlohmann::json::parse(result.output, nullptr, false);
+  ASSERT_FALSE(report.is_discarded()) << result.output;
+  EXPECT_FALSE(report.contains("kernels"));
+  ASSERT_TRUE(report.contains("model"));
+  const nlohmann::json& plans = report["model"]["plans"];
+  ASSERT_EQ(plans.size(), 3u);
+  for (const nlohmann::json& plan : plans) {
+    const std::string name = plan["plan"].get<std::string>();
+    EXPECT_GT(Number(plan, "weight_bytes"), 0.0) << name;
+    EXPECT_GT(Number(plan, "peak_rss_mib"), 0.0) << name;
+    ASSERT_EQ(plan["prefill"].size(), 2u) << name;
+    for (const nlohmann::json& entry : plan["prefill"]) {
+      EXPECT_GT(Number(entry, "tokens_per_second"), 0.0) << name;
+    }
+    ASSERT_EQ(plan["decode"].size(), 4u) << name;
+    for (const nlohmann::json& entry : plan["decode"]) {
+      EXPECT_GT(Number(entry, "tokens_per_second"), 0.0) << name;
+    }
+  }
+  const nlohmann::json& ratios = report["model"]["ratios"];
+  EXPECT_GT(Number(ratios["prefill_512"], "per_channel_over_fp32"), 0.0);
+  EXPECT_GT(Number(ratios["prefill_128"], "auto_over_per_channel"), 0.0);
+  EXPECT_GT(Number(ratios["decode_8_over_1"], "auto"), 0.0);
+}
+
+TEST_F(BenchCli, UnknownSuiteIsRejected) {
+  const CommandResult result = RunTool("bench --suite disk", true);
+  EXPECT_EQ(result.exit_code, 1);
+  EXPECT_THAT(result.output, HasSubstr("unknown suite 'disk'"));
+}
+
+TEST_F(BenchCli, ModelSuiteWithoutModelIsRejected) {
+  const CommandResult result = RunTool("bench --suite model", true);
+  EXPECT_EQ(result.exit_code, 1);
+  EXPECT_THAT(result.output, HasSubstr("needs --model"));
+}
+
+TEST_F(BenchCli, NonPositiveSecondsIsRejected) {
+  const CommandResult result = RunTool("bench --seconds 0", true);
+  EXPECT_EQ(result.exit_code, 1);
+  EXPECT_THAT(result.output, HasSubstr("--seconds must be positive"));
+}
+
+}  // namespace
+}  // namespace w8a8

@@ -1,0 +1,238 @@
+#include <omp.h>
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <memory>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "core/checkpoint.h"
+#include "core/model.h"
+#include "core/quantization.h"
+#include "tools/bench_suites.h"
+
+namespace w8a8::tools {
+namespace {
+
+constexpr int64_t kPromptLengths[] = {128, 512};
+constexpr int64_t kDecodeBatchSizes[] = {1, 4, 8, 16};
+constexpr int64_t kBlockSize = 16;
+// Tokens in the cache of every sequence before decode is timed.
+constexpr int64_t kDecodeContext = 32;
+// Upper bound on timed decode steps, which sizes the KV cache.
+constexpr int64_t kMaxDecodeSteps = 64;
+constexpr int kMinDecodeSteps = 3;
+
+double PeakResidentMib() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<double>(usage.ru_maxrss) / 1024.0;  // ru_maxrss is in KiB on Linux.
+}
+
+std::vector<int32_t> RandomTokens(int64_t count, int64_t vocab_size, uint32_t seed) {
+  std::mt19937 engine(seed);
+  std::uniform_int_distribution<int32_t> distribution(0, static_cast<int32_t>(vocab_size - 1));
+  std::vector<int32_t> tokens(count);
+  for (int32_t& token : tokens) token = distribution(engine);
+  return tokens;
+}
+
+// Block tables of `sequences` sequences with `blocks_each` blocks each, numbered in order.
+std::vector<std::vector<int32_t>> BlockTables(int64_t sequences, int64_t blocks_each) {
+  std::vector<std::vector<int32_t>> tables(sequences, std::vector<int32_t>(blocks_each));
+  for (int64_t i = 0; i < sequences; ++i) {
+    std::iota(tables[i].begin(), tables[i].end(), static_cast<int32_t>(i * blocks_each));
+  }
+  return tables;
+}
+
+// Prefills one prompt of `length` tokens in a fresh cache and returns the fastest run. Runs
+// repeat for `seconds`, at least twice, because the first run creates oneDNN primitives.
+absl::StatusOr<double> FastestPrefill(const Model& model, int64_t length, double seconds) {
+  const int64_t blocks = (length + kBlockSize - 1) / kBlockSize;
+  KvCache cache(model.config(), blocks, kBlockSize);
+  const std::vector<int32_t> tokens = RandomTokens(length, model.config().vocab_size, 5);
+  const std::vector<std::vector<int32_t>> tables = BlockTables(1, blocks);
+  const SequenceStep step{tokens, 0, tables[0], SequenceStep::Logits::kLast};
+  std::vector<float> logits;
+  double fastest = 0.0;
+  const double start = omp_get_wtime();
+  for (int run = 0; run < 2 || omp_get_wtime() - start < seconds; ++run) {
+    logits.clear();
+    const double begin = omp_get_wtime();
+    if (absl::Status status = model.Forward({&step, 1}, cache, logits); !status.ok()) {
+      return status;
+    }
+    const double elapsed = omp_get_wtime() - begin;
+    if (run == 0 || elapsed < fastest) fastest = elapsed;
+  }
+  return fastest;
+}
+
+// Prefills `sequences` sequences with kDecodeContext tokens each, then runs decode steps of
+// one token per sequence, one Model::Forward per step over the whole batch. Returns the mean
+// seconds per step over at least kMinDecodeSteps steps and at least `seconds` (at most
+// kMaxDecodeSteps steps).
+absl::StatusOr<double> MeanDecodeStep(const Model& model, int64_t sequences, double seconds) {
+  const int64_t blocks_each =
+      (kDecodeContext + kMaxDecodeSteps + 1 + kBlockSize - 1) / kBlockSize;
+  KvCache cache(model.config(), sequences * blocks_each, kBlockSize);
+  const std::vector<std::vector<int32_t>> tables = BlockTables(sequences, blocks_each);
+  const std::vector<int32_t> prompt =
+      RandomTokens(kDecodeContext, model.config().vocab_size, 6);
+  std::vector<SequenceStep> batch(sequences);
+  for (int64_t i = 0; i < sequences; ++i) {
+    batch[i] = {prompt, 0, tables[i], SequenceStep::Logits::kLast};
+  }
+  std::vector<float> logits;
+  if (absl::Status status = model.Forward(batch, cache, logits); !status.ok()) return status;
+
+  const std::vector<int32_t> next_tokens = RandomTokens(sequences, model.config().vocab_size, 7);
+  auto step = [&](int64_t position) {
+    for (int64_t i = 0; i < sequences; ++i) {
+      batch[i] = {std::span<const int32_t>(&next_tokens[i], 1), position, tables[i],
+                  SequenceStep::Logits::kLast};
+    }
+    logits.clear();
+    return model.Forward(batch, cache, logits);
+  };
+  // One untimed step creates the oneDNN primitives for this batch size.
+  int64_t position = kDecodeContext;
+  if (absl::Status status = step(position++); !status.ok()) return status;
+  const double start = omp_get_wtime();
+  int64_t steps = 0;
+  while (steps < kMaxDecodeSteps - 1 &&
+         (steps < kMinDecodeSteps || omp_get_wtime() - start < seconds)) {
+    if (absl::Status status = step(position++); !status.ok()) return status;
+    ++steps;
+  }
+  return (omp_get_wtime() - start) / static_cast<double>(steps);
+}
+
+// Bytes of weights one decode step reads: every linear layer, the norms, and with tied
+// embeddings the FP32 embedding that serves as lm_head. An untied embedding is only looked up
+// row by row, so it is left out.
+double DecodeBytesPerStep(const Model& model) {
+  const ModelConfig& config = model.config();
+  double bytes = static_cast<double>(model.weight_bytes());
+  if (!config.tie_word_embeddings) {
+    bytes -= static_cast<double>(config.vocab_size * config.hidden_size) * sizeof(float);
+  }
+  return bytes;
+}
+
+absl::StatusOr<nlohmann::json> BenchPlan(const Checkpoint& checkpoint, const std::string& plan,
+                                         const MachineCeilings& machine, double seconds) {
+  const double load_start = omp_get_wtime();
+  // fp32 becomes the empty plan, which serves the checkpoint's weights in FP32.
+  absl::StatusOr<LinearFactory> factory =
+      LinearFactoryForPlan(checkpoint, plan == "fp32" ? std::string() : plan);
+  if (!factory.ok()) return factory.status();
+  absl::StatusOr<std::unique_ptr<Model>> model = Model::Create(checkpoint, *factory);
+  if (!model.ok()) return model.status();
+  const double load_seconds = omp_get_wtime() - load_start;
+
+  nlohmann::json result = {{"plan", plan},
+                           {"load_seconds", load_seconds},
+                           {"weight_bytes", (*model)->weight_bytes()}};
+  nlohmann::json prefill = nlohmann::json::array();
+  for (int64_t length : kPromptLengths) {
+    absl::StatusOr<double> run_seconds = FastestPrefill(**model, length, seconds);
+    if (!run_seconds.ok()) return run_seconds.status();
+    prefill.push_back({{"prompt_tokens", length},
+                       {"seconds", *run_seconds},
+                       {"tokens_per_second", static_cast<double>(length) / *run_seconds}});
+  }
+  result["prefill"] = prefill;
+
+  const double bytes_per_step = DecodeBytesPerStep(**model);
+  nlohmann::json decode = nlohmann::json::array();
+  for (int64_t sequences : kDecodeBatchSizes) {
+    absl::StatusOr<double> step_seconds = MeanDecodeStep(**model, sequences, seconds);
+    if (!step_seconds.ok()) return step_seconds.status();
+    nlohmann::json entry = {
+        {"sequences", sequences},
+        {"step_seconds", *step_seconds},
+        {"tokens_per_second", static_cast<double>(sequences) / *step_seconds}};
+    if (machine.read_gbs.all_threads > 0) {
+      entry["bandwidth_fraction"] =
+          bytes_per_step / *step_seconds / (machine.read_gbs.all_threads * 1e9);
+    }
+    decode.push_back(entry);
+  }
+  result["decode"] = decode;
+  result["decode_bytes_per_step"] = bytes_per_step;
+  // The process peak so far, so a later plan's figure includes the earlier plans' peaks.
+  result["peak_rss_mib"] = PeakResidentMib();
+  return result;
+}
+
+double PrefillRate(const nlohmann::json& plan, int64_t length) {
+  for (const nlohmann::json& entry : plan["prefill"]) {
+    if (entry["prompt_tokens"] == length) return entry["tokens_per_second"];
+  }
+  return 0.0;
+}
+
+double DecodeRate(const nlohmann::json& plan, int64_t sequences) {
+  for (const nlohmann::json& entry : plan["decode"]) {
+    if (entry["sequences"] == sequences) return entry["tokens_per_second"];
+  }
+  return 0.0;
+}
+
+// Ratios between plans and batch sizes; `plans` contains per-channel, auto and fp32 by name.
+nlohmann::json Ratios(const nlohmann::json& plans) {
+  auto find = [&](const std::string& name) -> const nlohmann::json& {
+    for (const nlohmann::json& plan : plans) {
+      if (plan["plan"] == name) return plan;
+    }
+    return plans[0];
+  };
+  const nlohmann::json& fp32 = find("fp32");
+  const nlohmann::json& per_channel = find("per-channel");
+  const nlohmann::json& automatic = find("auto");
+  nlohmann::json ratios;
+  for (int64_t length : kPromptLengths) {
+    const std::string key = "prefill_" + std::to_string(length);
+    ratios[key]["per_channel_over_fp32"] =
+        PrefillRate(per_channel, length) / PrefillRate(fp32, length);
+    ratios[key]["auto_over_fp32"] = PrefillRate(automatic, length) / PrefillRate(fp32, length);
+    ratios[key]["auto_over_per_channel"] =
+        PrefillRate(automatic, length) / PrefillRate(per_channel, length);
+  }
+  for (const nlohmann::json* plan : {&per_channel, &automatic, &fp32}) {
+    ratios["decode_8_over_1"][(*plan)["plan"].get<std::string>()] =
+        DecodeRate(*plan, 8) / DecodeRate(*plan, 1);
+  }
+  for (int64_t sequences : kDecodeBatchSizes) {
+    const std::string key = "decode_" + std::to_string(sequences);
+    ratios[key]["per_channel_over_fp32"] =
+        DecodeRate(per_channel, sequences) / DecodeRate(fp32, sequences);
+    ratios[key]["auto_over_per_channel"] =
+        DecodeRate(automatic, sequences) / DecodeRate(per_channel, sequences);
+  }
+  return ratios;
+}
+
+}  // namespace
+
+absl::StatusOr<nlohmann::json> RunModelSuite(const std::string& model_path,
+                                             const MachineCeilings& machine, double seconds) {
+  absl::StatusOr<std::unique_ptr<Checkpoint>> checkpoint = Checkpoint::Open(model_path);
+  if (!checkpoint.ok()) return checkpoint.status();
+  nlohmann::json plans = nlohmann::json::array();
+  // fp32 runs last because it needs the most memory, so the peak resident figures of the
+  // int8 plans are not raised by it.
+  for (const char* plan : {"per-channel", "auto", "fp32"}) {
+    absl::StatusOr<nlohmann::json> result = BenchPlan(**checkpoint, plan, machine, seconds);
+    if (!result.ok()) return result.status();
+    plans.push_back(*std::move(result));
+  }
+  return nlohmann::json{{"path", model_path}, {"plans", plans}, {"ratios", Ratios(plans)}};
+}
+
+}  // namespace w8a8::tools

@@ -1,0 +1,158 @@
+// `w8a8 bench`: machine ceilings, kernel throughput and model throughput, measured in one run
+// so that kernel and model figures are stated as fractions of the machine's own ceilings.
+#include <omp.h>
+
+#include <cstdio>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/flags/declare.h"
+#include "absl/flags/flag.h"
+#include "absl/strings/str_split.h"
+#include "kernels/cpu_features.h"
+#include "tools/bench_machine.h"
+#include "tools/bench_suites.h"
+#include "tools/command.h"
+#include "tools/flags.h"
+
+ABSL_DECLARE_FLAG(std::string, suite);
+ABSL_DECLARE_FLAG(double, seconds);
+
+namespace w8a8::tools {
+namespace {
+
+int Fail(const std::string& message) {
+  std::fprintf(stderr, "w8a8 bench: %s\n", message.c_str());
+  return 1;
+}
+
+nlohmann::json CeilingJson(const Ceiling& ceiling) {
+  return {{"one_thread", ceiling.one_thread}, {"all_threads", ceiling.all_threads}};
+}
+
+nlohmann::json MachineJson(const MachineCeilings& machine) {
+  return {{"threads", machine.threads},
+          {"isa", std::string(kernels::IsaName(kernels::ActiveIsa()))},
+          {"avx512_probes", machine.avx512},
+          {"buffer_bytes", machine.buffer_bytes},
+          {"read_gbs", CeilingJson(machine.read_gbs)},
+          {"int8_gops", CeilingJson(machine.int8_gops)},
+          {"fp32_gflops", CeilingJson(machine.fp32_gflops)}};
+}
+
+// A JSON number, or 0 when the field is missing (fractions are left out without the probes).
+double Number(const nlohmann::json& object, const char* key) {
+  return object.contains(key) && object[key].is_number() ? object[key].get<double>() : 0.0;
+}
+
+void PrintMachine(const MachineCeilings& machine) {
+  std::printf("machine (%d threads, best run)      1 thread   all threads\n", machine.threads);
+  std::printf("  read bandwidth, GB/s         %10.1f %12.1f\n", machine.read_gbs.one_thread,
+              machine.read_gbs.all_threads);
+  std::printf("  int8 vpdpbusd peak, GOPS     %10.1f %12.1f\n", machine.int8_gops.one_thread,
+              machine.int8_gops.all_threads);
+  std::printf("  fp32 FMA peak, GFLOPS        %10.1f %12.1f\n", machine.fp32_gflops.one_thread,
+              machine.fp32_gflops.all_threads);
+  if (!machine.avx512) std::printf("  (no AVX-512 VNNI on this CPU: ceilings not measured)\n");
+}
+
+void PrintKernels(const nlohmann::json& cases) {
+  std::printf("\nkernels (fastest run; peak: int8 or fp32 all-thread peak; bandwidth: weight "
+              "bytes / read bandwidth / time)\n");
+  std::printf("  %-20s %-12s %5s %10s %8s %8s %10s\n", "kernel", "shape", "m", "time us", "GOPS",
+              "peak", "bandwidth");
+  for (const nlohmann::json& entry : cases) {
+    std::string bandwidth = "";
+    if (entry.contains("bandwidth_fraction")) {
+      char text[32];
+      std::snprintf(text, sizeof(text), "%.2f", entry["bandwidth_fraction"].get<double>());
+      bandwidth = text;
+    }
+    std::printf("  %-20s %-12s %5lld %10.1f %8.1f %8.3f %10s\n",
+                entry["kernel"].get<std::string>().c_str(),
+                entry["shape"].get<std::string>().c_str(),
+                static_cast<long long>(entry["m"].get<int64_t>()),
+                entry["seconds"].get<double>() * 1e6, entry["gops"].get<double>(),
+                Number(entry, "peak_fraction"), bandwidth.c_str());
+  }
+}
+
+void PrintModel(const nlohmann::json& model) {
+  std::printf("\nmodel %s\n", model["path"].get<std::string>().c_str());
+  for (const nlohmann::json& plan : model["plans"]) {
+    std::printf("  plan %s: load %.1f s, weights %.1f MiB, peak resident %.0f MiB\n",
+                plan["plan"].get<std::string>().c_str(), plan["load_seconds"].get<double>(),
+                plan["weight_bytes"].get<double>() / (1 << 20),
+                plan["peak_rss_mib"].get<double>());
+    for (const nlohmann::json& entry : plan["prefill"]) {
+      std::printf("    prefill %4lld tokens: %9.1f tokens/s\n",
+                  static_cast<long long>(entry["prompt_tokens"].get<int64_t>()),
+                  entry["tokens_per_second"].get<double>());
+    }
+    for (const nlohmann::json& entry : plan["decode"]) {
+      std::printf("    decode %2lld sequences: %8.1f tokens/s, %7.1f ms/step, bandwidth %.2f\n",
+                  static_cast<long long>(entry["sequences"].get<int64_t>()),
+                  entry["tokens_per_second"].get<double>(),
+                  entry["step_seconds"].get<double>() * 1e3, Number(entry, "bandwidth_fraction"));
+    }
+  }
+  std::printf("  ratios\n");
+  for (const auto& [group, values] : model["ratios"].items()) {
+    for (const auto& [name, value] : values.items()) {
+      std::printf("    %-18s %-24s %.2f\n", group.c_str(), name.c_str(),
+                  value.is_number() ? value.get<double>() : 0.0);
+    }
+  }
+}
+
+int RunBench(const std::vector<std::string>& args) {
+  if (!args.empty()) return Fail("unexpected argument '" + args[0] + "'.");
+  const double seconds = absl::GetFlag(FLAGS_seconds);
+  if (!(seconds > 0)) {
+    return Fail("--seconds must be positive, got " + std::to_string(seconds) + ".");
+  }
+  const std::string model_path = absl::GetFlag(FLAGS_model);
+  std::set<std::string> suites;
+  const std::string suite_flag = absl::GetFlag(FLAGS_suite);
+  if (suite_flag.empty()) {
+    suites = {"machine", "kernels"};
+    if (!model_path.empty()) suites.insert("model");
+  }
+  for (const absl::string_view name : absl::StrSplit(suite_flag, ',', absl::SkipEmpty())) {
+    if (name != "machine" && name != "kernels" && name != "model") {
+      return Fail("unknown suite '" + std::string(name) +
+                  "' in --suite; use machine, kernels or model.");
+    }
+    suites.insert(std::string(name));
+  }
+  if (suites.contains("model") && model_path.empty()) {
+    return Fail("the model suite needs --model: a checkpoint directory or a .gguf file.");
+  }
+
+  const MachineCeilings machine = MeasureMachine(seconds);
+  const bool json = absl::GetFlag(FLAGS_json);
+  nlohmann::json report = {{"seconds", seconds}, {"machine", MachineJson(machine)}};
+  if (!json) PrintMachine(machine);
+  if (suites.contains("kernels")) {
+    absl::StatusOr<nlohmann::json> cases = RunKernelSuite(machine, seconds);
+    if (!cases.ok()) return Fail(std::string(cases.status().message()));
+    report["kernels"] = *cases;
+    if (!json) PrintKernels(*cases);
+  }
+  if (suites.contains("model")) {
+    absl::StatusOr<nlohmann::json> model = RunModelSuite(model_path, machine, seconds);
+    if (!model.ok()) return Fail(std::string(model.status().message()));
+    report["model"] = *model;
+    if (!json) PrintModel(*model);
+  }
+  if (json) std::printf("%s\n", report.dump(2).c_str());
+  return 0;
+}
+
+}  // namespace
+
+W8A8_COMMAND("bench", "Measure machine ceilings, kernel and model throughput as ratios",
+             RunBench);
+
+}  // namespace w8a8::tools
