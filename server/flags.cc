@@ -74,6 +74,15 @@ ABSL_FLAG(double, shadow_fraction, 0,
 ABSL_FLAG(int64_t, shadow_queue, 64,
           "Maximum requests waiting for the shadow comparison; more are dropped and counted "
           "in w8a8_shadow_requests_total{result=\"dropped\"}.");
+ABSL_FLAG(std::string, eval_text, "",
+          "Text file whose perplexity under the served model RunEvaluation reports and exports "
+          "as w8a8_eval_perplexity; empty skips perplexity.");
+ABSL_FLAG(std::string, eval_tasks, "",
+          "Multiple-choice JSONL file (fields context, choices, gold) whose accuracy "
+          "RunEvaluation reports and exports as w8a8_eval_accuracy; empty skips it.");
+ABSL_FLAG(double, eval_interval_seconds, 0,
+          "Seconds between scheduled evaluations with --eval-text and --eval-tasks; 0 runs "
+          "them only on RunEvaluation.");
 
 namespace w8a8::server {
 
@@ -85,7 +94,8 @@ const std::vector<std::string>& ServerFlagNames() {
       "api_token", "admin_token", "tls_cert", "tls_key", "tls_client_ca", "grace_period_seconds",
       "max_message_bytes", "max_prompt_bytes", "max_prompt_tokens", "max_tokens_limit",
       "default_max_tokens", "max_stop_strings", "max_stop_string_bytes", "max_top_logprobs",
-      "max_concurrent_streams", "max_threads", "shadow_fraction", "shadow_queue"};
+      "max_concurrent_streams", "max_threads", "shadow_fraction", "shadow_queue",
+      "eval_text", "eval_tasks", "eval_interval_seconds"};
   return *names;
 }
 
@@ -154,6 +164,10 @@ absl::StatusOr<ServerOptions> ServerOptionsFromFlags() {
   options.host.shadow.fraction = absl::GetFlag(FLAGS_shadow_fraction);
   options.host.shadow.queue_capacity = absl::GetFlag(FLAGS_shadow_queue);
   RETURN_IF_ERROR(options.host.shadow.Validate());
+  options.host.evaluation.text_path = absl::GetFlag(FLAGS_eval_text);
+  options.host.evaluation.tasks_path = absl::GetFlag(FLAGS_eval_tasks);
+  options.host.evaluation.interval_seconds = absl::GetFlag(FLAGS_eval_interval_seconds);
+  RETURN_IF_ERROR(options.host.evaluation.Validate());
 
   options.listen_host = absl::GetFlag(FLAGS_host);
   options.port = absl::GetFlag(FLAGS_port);

@@ -135,7 +135,19 @@ ServerMetrics::ServerMetrics(prometheus::Registry& registry)
                            .Name("w8a8_shadow_requests_total")
                            .Help("Sampled requests by shadow result (compared, dropped, "
                                  "error).")
-                           .Register(registry)) {}
+                           .Register(registry)),
+      eval_perplexity_(prometheus::BuildGauge()
+                           .Name("w8a8_eval_perplexity")
+                           .Help("Perplexity of the served model over the --eval-text file at "
+                                 "the last evaluation.")
+                           .Register(registry)),
+      eval_accuracy_(prometheus::BuildGauge()
+                         .Name("w8a8_eval_accuracy")
+                         .Help("Multiple-choice accuracy of the served model, from 0 to 1, at "
+                               "the last evaluation.")
+                         .Register(registry)),
+      eval_last_run_(AddGauge(registry, "w8a8_eval_last_run_timestamp_seconds",
+                              "Unix time of the last finished evaluation.")) {}
 
 void ServerMetrics::OnStep(const StepStats& step) {
   batch_sequences_.Observe(static_cast<double>(step.num_sequences));
@@ -223,6 +235,16 @@ void ServerMetrics::RecordShadowComparison(const std::string& plan,
   shadow_positions_.Add({{"plan", plan}}).Increment(static_cast<double>(kl_values.size()));
   shadow_top1_agreements_.Add({{"plan", plan}}).Increment(static_cast<double>(top1_agreements));
   shadow_requests_.Add({{"plan", plan}, {"result", "compared"}}).Increment();
+}
+
+void ServerMetrics::RecordEvaluation(
+    const std::string& plan, std::optional<double> perplexity,
+    const std::vector<std::pair<std::string, double>>& accuracies, double timestamp_seconds) {
+  if (perplexity.has_value()) eval_perplexity_.Add({{"plan", plan}}).Set(*perplexity);
+  for (const auto& [task, accuracy] : accuracies) {
+    eval_accuracy_.Add({{"plan", plan}, {"task", task}}).Set(accuracy);
+  }
+  eval_last_run_.Set(timestamp_seconds);
 }
 
 void ServerMetrics::RecordShadowResult(const std::string& plan, const std::string& result) {

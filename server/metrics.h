@@ -7,8 +7,11 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <span>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "core/engine.h"
@@ -53,6 +56,12 @@ class ServerMetrics : public EngineObserver {
   // Counts a shadow sample that was not compared. `result` is "dropped" or "error".
   void RecordShadowResult(const std::string& plan, const std::string& result);
 
+  // Sets the gauges of one evaluation run: the perplexity (when a text was evaluated), the
+  // accuracy of each task as (task, accuracy) pairs, and the run's Unix time in seconds.
+  void RecordEvaluation(const std::string& plan, std::optional<double> perplexity,
+                        const std::vector<std::pair<std::string, double>>& accuracies,
+                        double timestamp_seconds);
+
  private:
   prometheus::Family<prometheus::Counter>& requests_;
   prometheus::Histogram& time_to_first_token_;
@@ -81,6 +90,9 @@ class ServerMetrics : public EngineObserver {
   prometheus::Family<prometheus::Counter>& shadow_positions_;
   prometheus::Family<prometheus::Counter>& shadow_top1_agreements_;
   prometheus::Family<prometheus::Counter>& shadow_requests_;
+  prometheus::Family<prometheus::Gauge>& eval_perplexity_;
+  prometheus::Family<prometheus::Gauge>& eval_accuracy_;
+  prometheus::Gauge& eval_last_run_;
 
   std::mutex mutex_;
   prometheus::Gauge* model_info_series_ = nullptr;

@@ -1,5 +1,7 @@
 #include "server/model_host.h"
 
+#include <algorithm>
+#include <chrono>
 #include <string>
 #include <utility>
 
@@ -82,14 +84,28 @@ absl::StatusOr<std::unique_ptr<ModelHost>> ModelHost::Load(
                                                        host->metrics_);
   }
 
+  if (options.evaluation.enabled()) {
+    ASSIGN_OR_RETURN(host->evaluator_,
+                     Evaluator::Create(options.evaluation, *host->tokenizer_, host->metrics_));
+  }
+
   auto shared = std::make_shared<const ServedModel>(std::move(served));
   ASSIGN_OR_RETURN(host->engine_, Engine::Create(shared->model, host->tokenizer_, options.engine,
                                                  host->metrics_, "1"));
   host->PublishModel(std::move(shared), 1);
+  if (host->evaluator_ != nullptr && options.evaluation.interval_seconds > 0) {
+    host->evaluation_thread_ = std::thread(&ModelHost::RunScheduledEvaluations, host.get());
+  }
   return host;
 }
 
 ModelHost::~ModelHost() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stopping_ = true;
+  }
+  stop_evaluations_.notify_all();
+  if (evaluation_thread_.joinable()) evaluation_thread_.join();
   if (update_thread_.joinable()) update_thread_.join();
   shadow_.reset();
   engine_.reset();
@@ -111,6 +127,39 @@ void ModelHost::OfferShadowSample(std::vector<int32_t> tokens, const std::string
   }
   sample.tokens = std::move(tokens);
   shadow_->Enqueue(std::move(sample));
+}
+
+absl::StatusOr<EvaluationReport> ModelHost::RunEvaluation() {
+  if (evaluator_ == nullptr) {
+    return absl::FailedPreconditionError(
+        "no evaluation is configured: start the server with --eval-text or --eval-tasks");
+  }
+  std::shared_ptr<const ServedModel> served;
+  int64_t version = 0;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    served = current_;
+    version = version_;
+  }
+  return evaluator_->Run(*served, version, *tokenizer_);
+}
+
+void ModelHost::RunScheduledEvaluations() {
+  const auto interval = std::max(std::chrono::milliseconds(1),
+                                 std::chrono::duration_cast<std::chrono::milliseconds>(
+                                     std::chrono::duration<double>(
+                                         options_.evaluation.interval_seconds)));
+  while (true) {
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      if (stop_evaluations_.wait_for(lock, interval, [this] { return stopping_; })) return;
+    }
+    absl::StatusOr<EvaluationReport> report = RunEvaluation();
+    if (!report.ok()) {
+      spdlog::error("scheduled evaluation failed, next one in {} s: {}",
+                    options_.evaluation.interval_seconds, report.status().ToString());
+    }
+  }
 }
 
 std::shared_ptr<const ServedModel> ModelHost::current() const {

@@ -15,6 +15,7 @@
 #include "core/engine.h"
 #include "core/model.h"
 #include "core/tokenizer.h"
+#include "server/evaluation.h"
 #include "server/metrics.h"
 #include "server/served_model.h"
 #include "server/shadow.h"
@@ -27,6 +28,7 @@ struct ModelHostOptions {
   EngineOptions engine;
   ModelOptions model;
   ShadowOptions shadow;
+  EvaluationOptions evaluation;
 };
 
 enum class UpdateState { kIdle, kRunning, kSucceeded, kFailed };
@@ -74,6 +76,11 @@ class ModelHost {
   // the request ran on. Returns at once.
   void OfferShadowSample(std::vector<int32_t> tokens, const std::string& model_label);
 
+  // Evaluates the current model with the configured text and task files and updates the
+  // w8a8_eval_* gauges. Blocks for the whole evaluation. FAILED_PRECONDITION when no
+  // evaluation is configured.
+  absl::StatusOr<EvaluationReport> RunEvaluation();
+
   // Blocks until no update is running.
   void WaitForUpdate();
   UpdateStatus update_status() const;
@@ -82,6 +89,7 @@ class ModelHost {
   ModelHost() = default;
   void RunUpdate(ResolvedQuantization resolved, int64_t version);
   void PublishModel(std::shared_ptr<const ServedModel> served, int64_t version);
+  void RunScheduledEvaluations();
 
   ModelHostOptions options_;
   std::unique_ptr<Checkpoint> checkpoint_;
@@ -90,6 +98,7 @@ class ModelHost {
   std::function<void(const UpdateStatus&)> on_update_finished_;
   std::unique_ptr<Engine> engine_;
   std::unique_ptr<ShadowComparator> shadow_;  // Null when shadowing is off.
+  std::unique_ptr<Evaluator> evaluator_;      // Null when no evaluation is configured.
 
   mutable std::mutex mutex_;
   std::condition_variable update_done_;
@@ -97,6 +106,11 @@ class ModelHost {
   int64_t version_ = 0;
   UpdateStatus update_;
   std::thread update_thread_;
+  // Scheduled evaluations, every evaluation.interval_seconds until the destructor runs. The
+  // destructor waits for a running evaluation to finish.
+  std::thread evaluation_thread_;
+  std::condition_variable stop_evaluations_;
+  bool stopping_ = false;
 };
 
 std::string_view UpdateStateName(UpdateState state);

@@ -507,4 +507,37 @@ grpc::Status W8A8ServeService::UpdateQuantizationConfig(
   return grpc::Status::OK;
 }
 
+grpc::Status W8A8ServeService::RunEvaluation(grpc::ServerContext* context,
+                                             const v1::RunEvaluationRequest* /*request*/,
+                                             v1::RunEvaluationResponse* response) {
+  if (absl::Status allowed = authorizer_.CheckAdmin(*context, options_.admin_listener);
+      !allowed.ok()) {
+    spdlog::warn("RunEvaluation rejected: {}", allowed.ToString());
+    return ToGrpcStatus(allowed);
+  }
+  absl::StatusOr<std::shared_ptr<ModelHost>> host = gate_.Acquire();
+  if (!host.ok()) return ToGrpcStatus(host.status());
+
+  absl::StatusOr<EvaluationReport> report = (*host)->RunEvaluation();
+  if (!report.ok()) {
+    spdlog::error("RunEvaluation failed: {}", report.status().ToString());
+    return ToGrpcStatus(report.status());
+  }
+  response->set_plan(report->plan_label);
+  response->set_model_version(report->model_version);
+  if (report->perplexity.has_value()) {
+    response->set_perplexity(report->perplexity->perplexity());
+    response->set_tokens_scored(report->perplexity->tokens_scored);
+  }
+  for (const TaskAccuracy& task : report->tasks) {
+    v1::TaskAccuracy& entry = *response->add_tasks();
+    entry.set_task(task.task);
+    entry.set_items(task.result.items);
+    entry.set_accuracy(task.result.accuracy);
+    entry.set_accuracy_stderr(task.result.accuracy_stderr);
+  }
+  response->set_seconds(report->seconds);
+  return grpc::Status::OK;
+}
+
 }  // namespace w8a8::server

@@ -75,6 +75,9 @@ class W8A8ServeService final : public w8a8serve::v1::W8A8Serve::Service {
   grpc::Status UpdateQuantizationConfig(
       grpc::ServerContext* context, const w8a8serve::v1::UpdateQuantizationConfigRequest* request,
       w8a8serve::v1::UpdateQuantizationConfigResponse* response) override;
+  grpc::Status RunEvaluation(grpc::ServerContext* context,
+                             const w8a8serve::v1::RunEvaluationRequest* request,
+                             w8a8serve::v1::RunEvaluationResponse* response) override;
 
  private:
   // Runs one generation request, passing every engine update to `on_update`. Returns the
