@@ -8,6 +8,18 @@
 #include "kernels/gemm.h"
 
 namespace w8a8 {
+
+void LinearLayer::ForwardQuantized(const int8_t* xq, const float* scales, int64_t m,
+                                   float* y) const {
+  const int64_t k = in_features();
+  std::vector<float> x(static_cast<size_t>(m * k));
+  for (int64_t row = 0; row < m; ++row) {
+    for (int64_t i = 0; i < k; ++i) {
+      x[row * k + i] = static_cast<float>(xq[row * k + i]) * scales[row];
+    }
+  }
+  Forward(x.data(), m, y);
+}
 namespace {
 
 class Fp32Linear final : public LinearLayer {

@@ -25,6 +25,15 @@ class LinearLayer {
   // "fp32", "per-channel", "per-group" or "per-tensor".
   virtual std::string scheme() const = 0;
   virtual size_t weight_bytes() const = 0;
+
+  // Whether Forward quantizes its input to int8 with one scale per row. A caller that already
+  // holds activations quantized that way (from a fused kernel) then calls ForwardQuantized and
+  // saves a pass over memory.
+  virtual bool takes_int8_per_token() const { return false; }
+  // y = x W^T for x given as int8 rows `xq` [m, in_features] with x[i] = xq[i] * scales[i].
+  // The default dequantizes and calls Forward.
+  virtual void ForwardQuantized(const int8_t* xq, const float* scales, int64_t m,
+                                float* y) const;
 };
 
 // FP32 weights [out_features, in_features], row-major.

@@ -9,6 +9,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "core/status_macros.h"
+#include "kernels/fused.h"
 #include "kernels/gemm.h"
 
 namespace w8a8 {
@@ -382,6 +383,10 @@ void Model::RunChunk(std::span<const ChunkStep> steps, KvCache& cache,
   std::vector<float> attention(q.size());
   std::vector<float> residual(x.size());
   std::vector<float> gate(static_cast<size_t>(num_tokens * intermediate));
+  // Int8 activations for layers that take them: the normed input of q/k/v and gate/up, or the
+  // SwiGLU product for down_proj, quantized by a fused kernel in the same pass.
+  std::vector<int8_t> quantized(static_cast<size_t>(num_tokens * std::max(hidden, intermediate)));
+  std::vector<float> quantized_scales(static_cast<size_t>(num_tokens));
   std::vector<float> up(gate.size());
 
   for (int64_t t = 0; t < num_tokens; ++t) {
@@ -395,10 +400,22 @@ void Model::RunChunk(std::span<const ChunkStep> steps, KvCache& cache,
     const Layer& layer = *layers_[l];
     const int64_t layer_index = static_cast<int64_t>(l);
 
-    RmsNorm(x.data(), layer.input_norm.data(), num_tokens, hidden, eps, normed.data());
-    layer.q_proj->Forward(normed.data(), num_tokens, q.data());
-    layer.k_proj->Forward(normed.data(), num_tokens, k.data());
-    layer.v_proj->Forward(normed.data(), num_tokens, v.data());
+    if (layer.q_proj->takes_int8_per_token() && layer.k_proj->takes_int8_per_token() &&
+        layer.v_proj->takes_int8_per_token()) {
+      kernels::RmsNormQuantize(x.data(), layer.input_norm.data(), eps, num_tokens, hidden,
+                               quantized.data(), quantized_scales.data());
+      layer.q_proj->ForwardQuantized(quantized.data(), quantized_scales.data(), num_tokens,
+                                     q.data());
+      layer.k_proj->ForwardQuantized(quantized.data(), quantized_scales.data(), num_tokens,
+                                     k.data());
+      layer.v_proj->ForwardQuantized(quantized.data(), quantized_scales.data(), num_tokens,
+                                     v.data());
+    } else {
+      RmsNorm(x.data(), layer.input_norm.data(), num_tokens, hidden, eps, normed.data());
+      layer.q_proj->Forward(normed.data(), num_tokens, q.data());
+      layer.k_proj->Forward(normed.data(), num_tokens, k.data());
+      layer.v_proj->Forward(normed.data(), num_tokens, v.data());
+    }
 
     // Rotate q and k, then store k and v at each token's slot before any token attends, so a
     // prompt's tokens see each other.
@@ -476,13 +493,30 @@ void Model::RunChunk(std::span<const ChunkStep> steps, KvCache& cache,
     for (size_t i = 0; i < x.size(); ++i) x[i] += residual[i];
 
     // SwiGLU MLP: down(silu(gate(h)) * up(h)).
-    RmsNorm(x.data(), layer.post_attention_norm.data(), num_tokens, hidden, eps, normed.data());
-    layer.gate_proj->Forward(normed.data(), num_tokens, gate.data());
-    layer.up_proj->Forward(normed.data(), num_tokens, up.data());
-    for (size_t i = 0; i < gate.size(); ++i) {
-      gate[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+    if (layer.gate_proj->takes_int8_per_token() && layer.up_proj->takes_int8_per_token()) {
+      kernels::RmsNormQuantize(x.data(), layer.post_attention_norm.data(), eps, num_tokens,
+                               hidden, quantized.data(), quantized_scales.data());
+      layer.gate_proj->ForwardQuantized(quantized.data(), quantized_scales.data(), num_tokens,
+                                        gate.data());
+      layer.up_proj->ForwardQuantized(quantized.data(), quantized_scales.data(), num_tokens,
+                                      up.data());
+    } else {
+      RmsNorm(x.data(), layer.post_attention_norm.data(), num_tokens, hidden, eps,
+              normed.data());
+      layer.gate_proj->Forward(normed.data(), num_tokens, gate.data());
+      layer.up_proj->Forward(normed.data(), num_tokens, up.data());
     }
-    layer.down_proj->Forward(gate.data(), num_tokens, residual.data());
+    if (layer.down_proj->takes_int8_per_token()) {
+      kernels::SiluMulQuantize(gate.data(), up.data(), num_tokens, intermediate,
+                               quantized.data(), quantized_scales.data());
+      layer.down_proj->ForwardQuantized(quantized.data(), quantized_scales.data(), num_tokens,
+                                        residual.data());
+    } else {
+      for (size_t i = 0; i < gate.size(); ++i) {
+        gate[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+      }
+      layer.down_proj->Forward(gate.data(), num_tokens, residual.data());
+    }
     for (size_t i = 0; i < x.size(); ++i) x[i] += residual[i];
   }
 

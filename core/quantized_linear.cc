@@ -41,6 +41,19 @@ class QuantizedLinear : public LinearLayer {
     matmul_->Run(xq.data(), x_scales.data(), m, y);
   }
 
+  bool takes_int8_per_token() const override {
+    return activations_ == ActivationScheme::kPerToken;
+  }
+
+  void ForwardQuantized(const int8_t* xq, const float* scales, int64_t m,
+                        float* y) const override {
+    if (activations_ != ActivationScheme::kPerToken) {
+      LinearLayer::ForwardQuantized(xq, scales, m, y);
+      return;
+    }
+    matmul_->Run(xq, scales, m, y);
+  }
+
   int64_t in_features() const override { return matmul_->k(); }
   int64_t out_features() const override { return matmul_->n(); }
   std::string scheme() const override { return std::string(WeightSchemeName(scheme_)); }
