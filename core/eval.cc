@@ -292,8 +292,8 @@ absl::StatusOr<MultipleChoiceResult> EvaluateMultipleChoice(
       const std::vector<int32_t> whole = tokenizer.Encode(item.context + item.choices[c],
                                                           /*add_bos=*/true,
                                                           /*parse_special=*/false);
-      // Tokens of the joined text past the context's; a merge across the boundary can make the
-      // joined text share fewer tokens with the context, so the common prefix is used.
+      // The choice's tokens are those of the joined text past its common prefix with the
+      // context. A merge across the boundary can shorten that prefix.
       size_t shared = 0;
       while (shared < context.size() && shared < whole.size() &&
              context[shared] == whole[shared]) {

@@ -18,7 +18,7 @@ class LinearLayer {
  public:
   virtual ~LinearLayer() = default;
   // y[m, out_features] = x[m, in_features] * W^T, row-major. Quantized layers quantize x on the
-  // fly. Thread-safe: holds no mutable state.
+  // fly. Thread-safe, because a layer has no mutable state.
   virtual void Forward(const float* x, int64_t m, float* y) const = 0;
   virtual int64_t in_features() const = 0;
   virtual int64_t out_features() const = 0;
@@ -26,9 +26,9 @@ class LinearLayer {
   virtual std::string scheme() const = 0;
   virtual size_t weight_bytes() const = 0;
 
-  // Whether Forward quantizes its input to int8 with one scale per row. A caller that already
-  // holds activations quantized that way (from a fused kernel) then calls ForwardQuantized and
-  // saves a pass over memory.
+  // Whether Forward quantizes its input to int8 with one scale per row. A caller with
+  // activations already quantized that way (by a fused kernel) calls ForwardQuantized instead
+  // and saves a pass over memory.
   virtual bool takes_int8_per_token() const { return false; }
   // y = x W^T for x given as int8 rows `xq` [m, in_features] with x[i] = xq[i] * scales[i].
   // The default dequantizes and calls Forward.
