@@ -15,13 +15,7 @@ namespace {
 
 using dnnl::memory;
 
-struct Primitive {
-  explicit Primitive(const dnnl::matmul::primitive_desc& description)
-      : description(description), matmul(description) {}
-
-  dnnl::matmul::primitive_desc description;
-  dnnl::matmul matmul;
-};
+using Primitive = MatmulPrimitive;
 
 using Shape = std::tuple<int64_t, int64_t, int64_t>;
 

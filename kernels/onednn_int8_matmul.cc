@@ -18,14 +18,7 @@ namespace {
 
 using dnnl::memory;
 
-// A primitive for one m with the description it was created from.
-struct Primitive {
-  explicit Primitive(const dnnl::matmul::primitive_desc& description)
-      : description(description), matmul(description) {}
-
-  dnnl::matmul::primitive_desc description;
-  dnnl::matmul matmul;
-};
+using Primitive = MatmulPrimitive;
 
 class OneDnnInt8Matmul final : public Int8Matmul {
  public:
