@@ -7,9 +7,9 @@
 namespace w8a8 {
 
 // Abseil flag names cannot contain '-', while users type `--max-tokens` as in vLLM and
-// llama.cpp. Returns argv with dashes in flag names turned into underscores
-// ("--max-tokens=5" becomes "--max_tokens=5"); values and positional arguments are unchanged,
-// and everything after a bare "--" is left alone.
+// llama.cpp. Returns argv with dashes in flag names turned into underscores, so
+// "--max-tokens=5" becomes "--max_tokens=5". Values, positional arguments and everything after
+// a bare "--" are unchanged.
 std::vector<std::string> NormalizeFlagNames(int argc, char** argv);
 
 // Views of `args` as a mutable argv array for absl::ParseCommandLine; the strings must outlive it.

@@ -7,7 +7,7 @@
 
 namespace w8a8::tools {
 
-// Runs a subcommand after Abseil has parsed the flags. `args` holds the positional arguments
+// Runs a subcommand after Abseil has parsed the flags. `args` contains the positional arguments
 // after the command name. Returns the process exit code.
 using CommandFunction = int (*)(const std::vector<std::string>& args);
 
