@@ -2,204 +2,352 @@
 
 #include <immintrin.h>
 #include <omp.h>
+#include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <memory>
-#include <numeric>
+#include <string>
+#include <vector>
 
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
 #include "kernels/cpu_features.h"
+#include "tools/bench_common.h"
 
 namespace w8a8::tools {
 namespace {
 
-constexpr int64_t kBufferBytes = int64_t{1} << 30;
-constexpr int64_t kBytesPerIteration = 256;  // Four 64-byte loads per loop iteration.
-// Instructions per compute-probe call: kChains independent chains (the 16 registers of the asm
-// loops below, enough to hide the latency at two instructions per cycle) times
-// kComputeIterations.
-constexpr int kChains = 16;
-constexpr int64_t kComputeIterations = int64_t{1} << 18;
+constexpr int64_t kMiB = int64_t{1} << 20;
+constexpr int64_t kGiB = int64_t{1} << 30;
 
-// Keeps the read sums alive so the compiler cannot drop the reads.
-std::atomic<int64_t> sink{0};
+// Bytes that one read-loop iteration loads from each stream: four 64-byte loads.
+constexpr int64_t kBytesPerStreamStep = 256;
+// How far ahead of each stream the software-prefetch patterns prefetch. 2 KiB is 8 loop
+// iterations, far enough to cover DRAM latency at the per-core rates of current servers.
+constexpr int64_t kPrefetchDistance = 2048;
+constexpr int kStreamCounts[] = {1, 2, 4};
 
-__attribute__((target("avx512f"))) int64_t SumBytes(const uint8_t* data, int64_t bytes) {
-  __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
-  for (int64_t i = 0; i < bytes; i += kBytesPerIteration) {
-    a0 = _mm512_add_epi64(a0, _mm512_load_si512(data + i));
-    a1 = _mm512_add_epi64(a1, _mm512_load_si512(data + i + 64));
-    a2 = _mm512_add_epi64(a2, _mm512_load_si512(data + i + 128));
-    a3 = _mm512_add_epi64(a3, _mm512_load_si512(data + i + 192));
-  }
-  const __m512i total = _mm512_add_epi64(_mm512_add_epi64(a0, a1), _mm512_add_epi64(a2, a3));
-  // GCC 12's _mm512_reduce_* intrinsics trip -Wmaybe-uninitialized, so lanes are summed here.
-  alignas(64) int64_t lanes[8];
-  _mm512_store_si512(lanes, total);
-  return std::accumulate(lanes, lanes + 8, int64_t{0});
+// Minimum rounds of a read measurement. Each round runs every pattern once.
+constexpr int kMinReadRounds = 2;
+// MeasureMachine reads for this many times `seconds`, because its one figure stands for many
+// patterns and thread counts.
+constexpr double kReadSecondsFactor = 6.0;
+constexpr int kMinComputeRuns = 3;
+
+// ---------------------------------------------------------------------------------------------
+// Read probes.
+
+// Four 64-byte loads into registers that nothing reads back. The asm keeps the compiler from
+// dropping them, and the destination registers carry no dependency from one load to the next.
+__attribute__((target("avx512f"))) inline void Load256(const uint8_t* p) {
+  asm volatile(
+      "vmovdqa64 (%0), %%zmm16\n\t"
+      "vmovdqa64 64(%0), %%zmm17\n\t"
+      "vmovdqa64 128(%0), %%zmm18\n\t"
+      "vmovdqa64 192(%0), %%zmm19\n\t"
+      :
+      : "r"(p)
+      : "xmm16", "xmm17", "xmm18", "xmm19");
 }
 
-// The compute probes run 16 independent accumulator chains in zmm0..zmm15 for `iterations`
+// Reads `bytes` at `data` (a multiple of kStreams * kBytesPerStreamStep) as kStreams
+// consecutive parts read side by side.
+template <int kStreams, bool kPrefetch>
+__attribute__((target("avx512f"))) void ReadStreams(const uint8_t* data, int64_t bytes) {
+  const int64_t part = bytes / kStreams;
+  for (int64_t offset = 0; offset < part; offset += kBytesPerStreamStep) {
+    for (int stream = 0; stream < kStreams; ++stream) {
+      const uint8_t* p = data + stream * part + offset;
+      // A prefetch past the end of the buffer does not fault.
+      if constexpr (kPrefetch) _mm_prefetch(p + kPrefetchDistance, _MM_HINT_T0);
+      Load256(p);
+    }
+  }
+}
+
+void ReadSlice(const ReadPattern& pattern, const uint8_t* data, int64_t bytes) {
+  switch (pattern.streams * 2 + (pattern.prefetch ? 1 : 0)) {
+    case 2: return ReadStreams<1, false>(data, bytes);
+    case 3: return ReadStreams<1, true>(data, bytes);
+    case 4: return ReadStreams<2, false>(data, bytes);
+    case 5: return ReadStreams<2, true>(data, bytes);
+    case 8: return ReadStreams<4, false>(data, bytes);
+    case 9: return ReadStreams<4, true>(data, bytes);
+    default: std::abort();  // Only kStreamCounts are built.
+  }
+}
+
+// A 64-byte-aligned buffer of DramResidentBytes() whose pages are touched, so that reads
+// measure DRAM and not page faults. Owned by one measurement; freed on destruction.
+class ReadBuffer {
+ public:
+  ReadBuffer() : bytes_(DramResidentBytes()), data_(nullptr, &std::free) {
+    data_.reset(static_cast<uint8_t*>(std::aligned_alloc(64, bytes_)));
+    if (data_ == nullptr) {
+      std::fprintf(stderr,
+                   "w8a8 bench: failed to allocate the %lld-byte read buffer, so read bandwidth "
+                   "is not measured. Free memory or run on a larger machine.\n",
+                   static_cast<long long>(bytes_));
+      bytes_ = 0;
+      return;
+    }
+    uint8_t* data = data_.get();
+    const int64_t bytes = bytes_;
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < bytes; i += 4096) std::fill(data + i, data + i + 4096, uint8_t{1});
+  }
+
+  int64_t bytes() const { return bytes_; }
+
+  // Reads the whole buffer once with `pattern` and returns the rate in GB/s.
+  double ReadOnce(const ReadPattern& pattern) const {
+    const int64_t granule = int64_t{pattern.streams} * kBytesPerStreamStep;
+    const int64_t slice = bytes_ / pattern.threads / granule * granule;
+    const uint8_t* data = data_.get();
+    const double seconds = TimeOnce([&] {
+#pragma omp parallel num_threads(pattern.threads)
+      ReadSlice(pattern, data + omp_get_thread_num() * slice, slice);
+    });
+    return seconds > 0 ? static_cast<double>(slice) * pattern.threads / seconds * 1e-9 : 0.0;
+  }
+
+ private:
+  int64_t bytes_;
+  std::unique_ptr<uint8_t, decltype(&std::free)> data_;
+};
+
+std::vector<ReadPattern> PatternsFor(int threads) {
+  std::vector<ReadPattern> patterns;
+  for (int streams : kStreamCounts) {
+    for (bool prefetch : {false, true}) patterns.push_back({threads, streams, prefetch});
+  }
+  return patterns;
+}
+
+// Runs every pattern once per round, at least kMinReadRounds rounds and until `seconds` have
+// passed, and returns each pattern's best rate. Sets `rounds` to the rounds run.
+std::vector<ReadResult> MeasurePatterns(const ReadBuffer& buffer,
+                                        const std::vector<ReadPattern>& patterns, double seconds,
+                                        int* rounds) {
+  std::vector<ReadResult> results;
+  for (const ReadPattern& pattern : patterns) results.push_back({pattern, 0.0});
+  const auto start = std::chrono::steady_clock::now();
+  int round = 0;
+  for (;; ++round) {
+    const double elapsed =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (round >= kMinReadRounds && elapsed >= seconds) break;
+    for (ReadResult& result : results) {
+      result.gbs = std::max(result.gbs, buffer.ReadOnce(result.pattern));
+    }
+  }
+  if (rounds != nullptr) *rounds = round;
+  return results;
+}
+
+// The best result among those whose thread count satisfies `accept`.
+template <typename Accept>
+ReadResult BestOf(const std::vector<ReadResult>& results, Accept accept) {
+  ReadResult best;
+  for (const ReadResult& result : results) {
+    if (accept(result.pattern.threads) && result.gbs > best.gbs) best = result;
+  }
+  return best;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Compute probes.
+
+// vpdpbusd has a latency of about 5 cycles and two issue ports on current Intel server cores,
+// so at least 10 independent chains are needed to keep both ports busy. kChains = 24 leaves a
+// margin, and the half-chain probe (12) shows whether the full probe is latency-bound.
+constexpr int kChains = 24;
+constexpr int kHalfChains = 12;
+constexpr int64_t kComputeIterations = int64_t{1} << 17;
+constexpr double kMacsPerVpdpbusd = 64;  // 16 int32 lanes x 4 byte products.
+constexpr double kFmasPerVfmadd = 16;    // 16 float lanes.
+
+#define W8A8_ZERO(n) "vpxord %%zmm" #n ", %%zmm" #n ", %%zmm" #n "\n\t"
+#define W8A8_DOT(n) "vpdpbusd %[b], %[a], %%zmm" #n "\n\t"
+#define W8A8_FMA(n) "vfmadd231ps %[b], %[a], %%zmm" #n "\n\t"
+#define W8A8_REGS_0_11(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11)
+#define W8A8_REGS_12_23(X) \
+  X(12) X(13) X(14) X(15) X(16) X(17) X(18) X(19) X(20) X(21) X(22) X(23)
+#define W8A8_ACCUMULATOR_CLOBBERS                                                             \
+  "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10",   \
+      "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19",       \
+      "xmm20", "xmm21", "xmm22", "xmm23", "cc"
+
+// The compute probes run independent accumulator chains in zmm0..zmm23 for `iterations`
 // rounds, in one asm block so that the compiler can neither fold the loop nor move the
-// accumulators to the stack. Zeroed accumulators keep the FP32 chains free of denormals.
+// accumulators to the stack. The sources stay in two of zmm24..zmm31. Zeroed accumulators
+// keep the FP32 chains free of denormals.
 __attribute__((target("avx512f,avx512bw,avx512vnni"))) void RunDotProducts(int64_t iterations) {
   const __m512i a = _mm512_set1_epi8(1);
   const __m512i b = _mm512_set1_epi8(2);
-  asm volatile(
-      "vpxord %%zmm0, %%zmm0, %%zmm0\n\t"
-      "vpxord %%zmm1, %%zmm1, %%zmm1\n\t"
-      "vpxord %%zmm2, %%zmm2, %%zmm2\n\t"
-      "vpxord %%zmm3, %%zmm3, %%zmm3\n\t"
-      "vpxord %%zmm4, %%zmm4, %%zmm4\n\t"
-      "vpxord %%zmm5, %%zmm5, %%zmm5\n\t"
-      "vpxord %%zmm6, %%zmm6, %%zmm6\n\t"
-      "vpxord %%zmm7, %%zmm7, %%zmm7\n\t"
-      "vpxord %%zmm8, %%zmm8, %%zmm8\n\t"
-      "vpxord %%zmm9, %%zmm9, %%zmm9\n\t"
-      "vpxord %%zmm10, %%zmm10, %%zmm10\n\t"
-      "vpxord %%zmm11, %%zmm11, %%zmm11\n\t"
-      "vpxord %%zmm12, %%zmm12, %%zmm12\n\t"
-      "vpxord %%zmm13, %%zmm13, %%zmm13\n\t"
-      "vpxord %%zmm14, %%zmm14, %%zmm14\n\t"
-      "vpxord %%zmm15, %%zmm15, %%zmm15\n\t"
-      "1:\n\t"
-      "vpdpbusd %[b], %[a], %%zmm0\n\t"
-      "vpdpbusd %[b], %[a], %%zmm1\n\t"
-      "vpdpbusd %[b], %[a], %%zmm2\n\t"
-      "vpdpbusd %[b], %[a], %%zmm3\n\t"
-      "vpdpbusd %[b], %[a], %%zmm4\n\t"
-      "vpdpbusd %[b], %[a], %%zmm5\n\t"
-      "vpdpbusd %[b], %[a], %%zmm6\n\t"
-      "vpdpbusd %[b], %[a], %%zmm7\n\t"
-      "vpdpbusd %[b], %[a], %%zmm8\n\t"
-      "vpdpbusd %[b], %[a], %%zmm9\n\t"
-      "vpdpbusd %[b], %[a], %%zmm10\n\t"
-      "vpdpbusd %[b], %[a], %%zmm11\n\t"
-      "vpdpbusd %[b], %[a], %%zmm12\n\t"
-      "vpdpbusd %[b], %[a], %%zmm13\n\t"
-      "vpdpbusd %[b], %[a], %%zmm14\n\t"
-      "vpdpbusd %[b], %[a], %%zmm15\n\t"
-      "dec %[n]\n\t"
-      "jnz 1b\n\t"
-      : [n] "+r"(iterations)
-      : [a] "v"(a), [b] "v"(b)
-      : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7",
-        "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "cc");
+  asm volatile(W8A8_REGS_0_11(W8A8_ZERO) W8A8_REGS_12_23(W8A8_ZERO)
+               "1:\n\t" W8A8_REGS_0_11(W8A8_DOT) W8A8_REGS_12_23(W8A8_DOT)
+               "dec %[n]\n\t"
+               "jnz 1b\n\t"
+               : [n] "+r"(iterations)
+               : [a] "v"(a), [b] "v"(b)
+               : W8A8_ACCUMULATOR_CLOBBERS);
+}
+
+// The same with kHalfChains chains, to check that kChains is not limited by latency.
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) void RunDotProductsHalf(
+    int64_t iterations) {
+  const __m512i a = _mm512_set1_epi8(1);
+  const __m512i b = _mm512_set1_epi8(2);
+  asm volatile(W8A8_REGS_0_11(W8A8_ZERO)
+               "1:\n\t" W8A8_REGS_0_11(W8A8_DOT)
+               "dec %[n]\n\t"
+               "jnz 1b\n\t"
+               : [n] "+r"(iterations)
+               : [a] "v"(a), [b] "v"(b)
+               : W8A8_ACCUMULATOR_CLOBBERS);
 }
 
 __attribute__((target("avx512f"))) void RunFmas(int64_t iterations) {
   const __m512 a = _mm512_set1_ps(1.0f);
   const __m512 b = _mm512_set1_ps(1e-7f);
-  asm volatile(
-      "vpxord %%zmm0, %%zmm0, %%zmm0\n\t"
-      "vpxord %%zmm1, %%zmm1, %%zmm1\n\t"
-      "vpxord %%zmm2, %%zmm2, %%zmm2\n\t"
-      "vpxord %%zmm3, %%zmm3, %%zmm3\n\t"
-      "vpxord %%zmm4, %%zmm4, %%zmm4\n\t"
-      "vpxord %%zmm5, %%zmm5, %%zmm5\n\t"
-      "vpxord %%zmm6, %%zmm6, %%zmm6\n\t"
-      "vpxord %%zmm7, %%zmm7, %%zmm7\n\t"
-      "vpxord %%zmm8, %%zmm8, %%zmm8\n\t"
-      "vpxord %%zmm9, %%zmm9, %%zmm9\n\t"
-      "vpxord %%zmm10, %%zmm10, %%zmm10\n\t"
-      "vpxord %%zmm11, %%zmm11, %%zmm11\n\t"
-      "vpxord %%zmm12, %%zmm12, %%zmm12\n\t"
-      "vpxord %%zmm13, %%zmm13, %%zmm13\n\t"
-      "vpxord %%zmm14, %%zmm14, %%zmm14\n\t"
-      "vpxord %%zmm15, %%zmm15, %%zmm15\n\t"
-      "1:\n\t"
-      "vfmadd231ps %[b], %[a], %%zmm0\n\t"
-      "vfmadd231ps %[b], %[a], %%zmm1\n\t"
-      "vfmadd231ps %[b], %[a], %%zmm2\n\t"
-      "vfmadd231ps %[b], %[a], %%zmm3\n\t"
-      "vfmadd231ps %[b], %[a], %%zmm4\n\t"
-      "vfmadd231ps %[b], %[a], %%zmm5\n\t"
-      "vfmadd231ps %[b], %[a], %%zmm6\n\t"
-      "vfmadd231ps %[b], %[a], %%zmm7\n\t"
-      "vfmadd231ps %[b], %[a], %%zmm8\n\t"
-      "vfmadd231ps %[b], %[a], %%zmm9\n\t"
-      "vfmadd231ps %[b], %[a], %%zmm10\n\t"
-      "vfmadd231ps %[b], %[a], %%zmm11\n\t"
-      "vfmadd231ps %[b], %[a], %%zmm12\n\t"
-      "vfmadd231ps %[b], %[a], %%zmm13\n\t"
-      "vfmadd231ps %[b], %[a], %%zmm14\n\t"
-      "vfmadd231ps %[b], %[a], %%zmm15\n\t"
-      "dec %[n]\n\t"
-      "jnz 1b\n\t"
-      : [n] "+r"(iterations)
-      : [a] "v"(a), [b] "v"(b)
-      : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7",
-        "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "cc");
+  asm volatile(W8A8_REGS_0_11(W8A8_ZERO) W8A8_REGS_12_23(W8A8_ZERO)
+               "1:\n\t" W8A8_REGS_0_11(W8A8_FMA) W8A8_REGS_12_23(W8A8_FMA)
+               "dec %[n]\n\t"
+               "jnz 1b\n\t"
+               : [n] "+r"(iterations)
+               : [a] "v"(a), [b] "v"(b)
+               : W8A8_ACCUMULATOR_CLOBBERS);
 }
 
-// Runs `probe` on `threads` threads at once until `seconds` have passed (and at least
-// `min_runs` times) and returns the best rate in units of `work_per_thread` per second.
+#undef W8A8_ZERO
+#undef W8A8_DOT
+#undef W8A8_FMA
+#undef W8A8_REGS_0_11
+#undef W8A8_REGS_12_23
+#undef W8A8_ACCUMULATOR_CLOBBERS
+
+// Runs `probe` on `threads` threads at once, at least kMinComputeRuns times and for at least
+// `seconds`, and returns the best rate in units of `work_per_thread` per second.
 template <typename Probe>
-double BestRate(int threads, double seconds, int min_runs, double work_per_thread, Probe probe) {
-  double best = 0.0;
-  const double start = omp_get_wtime();
-  for (int run = 0; run < min_runs || omp_get_wtime() - start < seconds; ++run) {
-    const double begin = omp_get_wtime();
+double BestRate(int threads, double seconds, double work_per_thread, Probe probe) {
+  const double fastest = FastestRun(seconds, kMinComputeRuns, [&] {
 #pragma omp parallel num_threads(threads)
-    probe(omp_get_thread_num(), omp_get_num_threads());
-    const double elapsed = omp_get_wtime() - begin;
-    if (elapsed > 0) best = std::max(best, threads * work_per_thread / elapsed);
-  }
-  return best;
+    probe();
+  });
+  return fastest > 0 ? threads * work_per_thread / fastest : 0.0;
 }
 
-double MeasureRead(const uint8_t* buffer, int threads, double seconds) {
-  // Each thread reads an equal slice, so the work per thread is the buffer over the threads.
-  const int64_t slice = kBufferBytes / threads / kBytesPerIteration * kBytesPerIteration;
-  return BestRate(threads, seconds, 3, static_cast<double>(slice) * 1e-9,
-                  [&](int thread, int) {
-                    const int64_t sum = SumBytes(buffer + thread * slice, slice);
-                    sink.store(sum, std::memory_order_relaxed);
-                  });
+// The rate of `probe` on 1 thread and on `threads` threads.
+template <typename Probe>
+Ceiling MeasureCeiling(int threads, double seconds, double work_per_thread, Probe probe) {
+  return {BestRate(1, seconds, work_per_thread, probe),
+          BestRate(threads, seconds, work_per_thread, probe)};
+}
+
+int64_t ParseCacheSize(std::string text) {
+  // sysfs writes sizes such as "491520K".
+  absl::string_view view = absl::StripAsciiWhitespace(text);
+  int64_t unit = 1;
+  if (absl::ConsumeSuffix(&view, "K")) unit = 1024;
+  else if (absl::ConsumeSuffix(&view, "M")) unit = kMiB;
+  int64_t value = 0;
+  return absl::SimpleAtoi(view, &value) ? value * unit : 0;
 }
 
 }  // namespace
+
+std::string ReadPattern::Describe() const {
+  return absl::StrCat(threads, threads == 1 ? " thread, " : " threads, ", streams,
+                      streams == 1 ? " stream" : " streams", prefetch ? ", prefetch" : "");
+}
+
+int64_t LastLevelCacheBytes() {
+  const std::filesystem::path caches = "/sys/devices/system/cpu/cpu0/cache";
+  for (int index = 0; index < 8; ++index) {
+    const std::filesystem::path dir = caches / ("index" + std::to_string(index));
+    std::ifstream level_file(dir / "level");
+    std::ifstream size_file(dir / "size");
+    int level = 0;
+    std::string size;
+    if (!(level_file >> level) || !(size_file >> size)) continue;
+    if (level == 3) {
+      const int64_t bytes = ParseCacheSize(size);
+      if (bytes > 0) return bytes;
+    }
+  }
+  const long bytes = sysconf(_SC_LEVEL3_CACHE_SIZE);
+  return bytes > 0 ? bytes : 0;
+}
+
+int64_t DramResidentBytes() {
+  const int64_t l3 = LastLevelCacheBytes();
+  if (l3 <= 0) return kGiB;
+  return std::max(512 * kMiB, std::min(kGiB, 2 * l3));
+}
+
+bool ReadsDram(int64_t bytes) {
+  const int64_t l3 = LastLevelCacheBytes();
+  return l3 > 0 && bytes >= 2 * l3;
+}
+
+double MeasureReadBandwidth(int threads, double seconds) {
+  if (threads < 1 || !kernels::CpuSupports(kernels::Isa::kAvx512Vnni)) return 0.0;
+  const ReadBuffer buffer;
+  if (buffer.bytes() == 0) return 0.0;
+  const std::vector<ReadResult> results =
+      MeasurePatterns(buffer, PatternsFor(threads), seconds, nullptr);
+  return BestOf(results, [](int) { return true; }).gbs;
+}
 
 MachineCeilings MeasureMachine(double seconds) {
   MachineCeilings machine;
   machine.threads = omp_get_max_threads();
   machine.avx512 = kernels::CpuSupports(kernels::Isa::kAvx512Vnni);
-  machine.buffer_bytes = kBufferBytes;
+  machine.l3_bytes = LastLevelCacheBytes();
   if (!machine.avx512) return machine;
 
-  std::unique_ptr<uint8_t, decltype(&std::free)> buffer(
-      static_cast<uint8_t*>(std::aligned_alloc(64, kBufferBytes)), &std::free);
-  if (buffer == nullptr) {
-    // The read ceilings stay 0, so no bandwidth fraction is reported later.
-    std::fprintf(stderr,
-                 "w8a8 bench: failed to allocate the %lld-byte read buffer. Bandwidth is not "
-                 "measured.\n",
-                 static_cast<long long>(kBufferBytes));
-    machine.buffer_bytes = 0;
-  } else {
-    // Touch every page from the threads that read it later, so pages sit near those threads.
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < kBufferBytes; i += 4096) {
-      std::fill(buffer.get() + i, buffer.get() + i + 4096, uint8_t{1});
+  {
+    const ReadBuffer buffer;
+    machine.buffer_bytes = buffer.bytes();
+    if (buffer.bytes() > 0) {
+      // 1 thread, every OpenMP thread, and twice as many software threads as that.
+      std::vector<ReadPattern> patterns = PatternsFor(1);
+      for (int threads : {machine.threads, 2 * machine.threads}) {
+        if (threads == 1) continue;
+        for (const ReadPattern& pattern : PatternsFor(threads)) patterns.push_back(pattern);
+      }
+      machine.read_results = MeasurePatterns(buffer, patterns, kReadSecondsFactor * seconds,
+                                             &machine.read_rounds);
+      const ReadResult one = BestOf(machine.read_results, [](int t) { return t == 1; });
+      const int all = machine.threads;
+      const ReadResult many =
+          BestOf(machine.read_results, [all](int t) { return t >= all; });
+      machine.read_gbs = {one.gbs, many.gbs};
+      machine.read_best_one_thread = one.pattern;
+      machine.read_best_all_threads = many.pattern;
     }
-    machine.read_gbs.one_thread = MeasureRead(buffer.get(), 1, seconds);
-    machine.read_gbs.all_threads = MeasureRead(buffer.get(), machine.threads, seconds);
   }
 
+  machine.compute_chains = kChains;
   const double instructions = static_cast<double>(kChains) * kComputeIterations;
-  const double int8_gops = instructions * 128 * 1e-9;
-  const double fp32_gflops = instructions * 32 * 1e-9;
-  auto dot_probe = [](int, int) { RunDotProducts(kComputeIterations); };
-  auto fma_probe = [](int, int) { RunFmas(kComputeIterations); };
-  machine.int8_gops.one_thread = BestRate(1, seconds, 3, int8_gops, dot_probe);
-  machine.int8_gops.all_threads =
-      BestRate(machine.threads, seconds, 3, int8_gops, dot_probe);
-  machine.fp32_gflops.one_thread = BestRate(1, seconds, 3, fp32_gflops, fma_probe);
-  machine.fp32_gflops.all_threads =
-      BestRate(machine.threads, seconds, 3, fp32_gflops, fma_probe);
+  machine.int8_gops =
+      MeasureCeiling(machine.threads, seconds, instructions * 2 * kMacsPerVpdpbusd * 1e-9,
+                     [] { RunDotProducts(kComputeIterations); });
+  machine.fp32_gflops =
+      MeasureCeiling(machine.threads, seconds, instructions * 2 * kFmasPerVfmadd * 1e-9,
+                     [] { RunFmas(kComputeIterations); });
+  const double half_instructions = static_cast<double>(kHalfChains) * kComputeIterations;
+  machine.int8_half_chains_gops =
+      BestRate(1, seconds, half_instructions * 2 * kMacsPerVpdpbusd * 1e-9,
+               [] { RunDotProductsHalf(kComputeIterations); });
   return machine;
 }
 

@@ -1,8 +1,12 @@
 // Machine ceilings for `w8a8 bench`, measured in the same process so that kernel and model
-// figures can be stated as fractions of them.
+// figures can be stated as fractions of them. Every function here blocks for the whole
+// measurement and starts its own OpenMP parallel regions, so call them from one thread at a
+// time and not while other work of this process runs.
 #pragma once
 
 #include <cstdint>
+#include <string>
+#include <vector>
 
 namespace w8a8::tools {
 
@@ -12,19 +16,73 @@ struct Ceiling {
   double all_threads = 0.0;
 };
 
+// One way of reading the bandwidth buffer: `threads` OpenMP threads each read an equal slice,
+// split into `streams` parts that the thread reads side by side, 256 bytes of each part per
+// loop iteration as four 64-byte vmovdqa64 loads. With `prefetch`, each iteration also issues
+// prefetcht0 for every part a fixed distance ahead.
+struct ReadPattern {
+  int threads = 1;
+  int streams = 1;
+  bool prefetch = false;
+
+  // For example "2 threads, 4 streams, prefetch".
+  std::string Describe() const;
+};
+
+// The best rate of one read pattern over the rounds of a measurement.
+struct ReadResult {
+  ReadPattern pattern;
+  double gbs = 0.0;
+};
+
 struct MachineCeilings {
   int threads = 1;         // OpenMP threads of the "all threads" figures.
   bool avx512 = false;     // Whether the AVX-512 probes ran; without them every figure is 0.
-  int64_t buffer_bytes = 0;
-  Ceiling read_gbs;        // Sequential 64-byte loads over buffer_bytes, best repeat, GB/s.
-  Ceiling int8_gops;       // vpdpbusd in registers: 128 operations per instruction, GOPS.
-  Ceiling fp32_gflops;     // vfmadd on 16 floats in registers: 32 operations each, GFLOPS.
+  int64_t buffer_bytes = 0;      // Size of the read buffer: DramResidentBytes(), 0 if not allocated.
+  int64_t l3_bytes = 0;          // Last-level cache size as LastLevelCacheBytes() reads it.
+  // Best GB/s over every read pattern. "all_threads" is the best of omp_get_max_threads()
+  // threads and of twice as many, because on some virtual machines more software threads
+  // than cores read faster.
+  Ceiling read_gbs;
+  ReadPattern read_best_one_thread;   // The pattern that gave read_gbs.one_thread.
+  ReadPattern read_best_all_threads;  // The pattern that gave read_gbs.all_threads.
+  std::vector<ReadResult> read_results;  // Every pattern tried, with its best rate.
+  int read_rounds = 0;                   // Times each pattern was run.
+  // vpdpbusd on zmm registers in independent accumulator chains: 64 multiply-accumulates per
+  // instruction, counted as 128 operations (2 per multiply-accumulate), GOPS.
+  Ceiling int8_gops;
+  // vfmadd231ps on zmm registers: 16 fused multiply-adds per instruction, counted as 32
+  // operations, GFLOPS.
+  Ceiling fp32_gflops;
+  int compute_chains = 0;  // Independent accumulator chains of the compute probes.
+  // The int8 probe on 1 thread with half of compute_chains. About the same rate as
+  // int8_gops.one_thread means the full probe is bound by throughput, not by latency.
+  double int8_half_chains_gops = 0.0;
 };
 
-// Measures every ceiling. Each figure is the best of repeated runs, with at least `seconds`
-// of runs per figure (and at least 3 reads of the buffer), because on a shared machine the
-// best run is the one least disturbed by other processes. The buffer is 1 GiB, far larger
-// than the last-level cache, so reads come from DRAM.
+// The last-level (L3) cache size in bytes from /sys/devices/system/cpu/cpu0/cache, the source
+// `lscpu` reads, else from sysconf(_SC_LEVEL3_CACHE_SIZE); 0 when neither reports it.
+int64_t LastLevelCacheBytes();
+
+// Bytes that a working set needs so that reading it in a cycle comes from DRAM: 2 x the L3
+// size, at most 1 GiB and at least 512 MiB (1 GiB when the L3 size is unknown).
+int64_t DramResidentBytes();
+
+// Whether cycling through `bytes` of data reads DRAM: true when `bytes` is at least 2 x a
+// known L3 size. With an L3 larger than 512 MiB the 1 GiB cap of DramResidentBytes() is below
+// that, so such machines report false and their figures count as possibly cache-resident.
+bool ReadsDram(int64_t bytes);
+
+// Measures every ceiling. Each read pattern runs once per round over a buffer of
+// DramResidentBytes(), in at least 2 rounds and until 6 x `seconds` have passed, and keeps
+// its best round; the patterns are interleaved so that all of them see the same drift in
+// load. Each compute figure is the best of at least 3 runs over at least `seconds`.
 MachineCeilings MeasureMachine(double seconds);
+
+// Re-measures the read bandwidth on `threads` OpenMP threads (at least 1) and returns the
+// best GB/s over every read pattern: at least 2 rounds and at least `seconds` in total. It
+// allocates and touches a fresh buffer of DramResidentBytes() for the call, which adds about
+// as long as one round. Returns 0 without AVX-512 or when the buffer cannot be allocated.
+double MeasureReadBandwidth(int threads, double seconds);
 
 }  // namespace w8a8::tools

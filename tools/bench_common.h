@@ -1,0 +1,56 @@
+// Random inputs and the fastest-run timing loop shared by `w8a8 bench` (tools/) and
+// kernel_bench (bench/). Header-only, because bench/ links only w8a8_kernels and not the
+// sources of the w8a8 tool. The functions are thread-safe and keep no state.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <random>
+#include <vector>
+
+namespace w8a8::tools {
+
+// `count` int8 values drawn uniformly from [-127, 127] by an mt19937 seeded with `seed`.
+inline std::vector<int8_t> RandomInt8(int64_t count, uint32_t seed) {
+  std::mt19937 engine(seed);
+  std::uniform_int_distribution<int> distribution(-127, 127);
+  std::vector<int8_t> values(count);
+  for (int8_t& value : values) value = static_cast<int8_t>(distribution(engine));
+  return values;
+}
+
+// `count` floats drawn uniformly from [-1, 1) by an mt19937 seeded with `seed`.
+inline std::vector<float> RandomFloats(int64_t count, uint32_t seed) {
+  std::mt19937 engine(seed);
+  std::uniform_real_distribution<float> distribution(-1.0f, 1.0f);
+  std::vector<float> values(count);
+  for (float& value : values) value = distribution(engine);
+  return values;
+}
+
+// Seconds that one call of `run` takes on the steady clock.
+template <typename Run>
+double TimeOnce(Run&& run) {
+  const auto begin = std::chrono::steady_clock::now();
+  run();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
+}
+
+// Calls `run` at least `min_runs` times and until `seconds` have passed, and returns the
+// fastest call in seconds. On a shared machine the fastest call is the one least disturbed by
+// other processes. Blocks for the whole measurement.
+template <typename Run>
+double FastestRun(double seconds, int min_runs, Run&& run) {
+  double fastest = 0.0;
+  const auto start = std::chrono::steady_clock::now();
+  for (int done = 0;; ++done) {
+    const double elapsed_total =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (done >= min_runs && done >= 1 && elapsed_total >= seconds) break;
+    const double elapsed = TimeOnce(run);
+    if (done == 0 || elapsed < fastest) fastest = elapsed;
+  }
+  return fastest;
+}
+
+}  // namespace w8a8::tools
