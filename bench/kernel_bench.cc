@@ -6,11 +6,16 @@
 //
 // The "cold" decode benchmarks cycle through copies of the weights that together exceed the
 // last-level cache, as decoding a whole model does, so they measure DRAM bandwidth. The other
-// benchmarks reuse one matrix that may stay in cache. ReadBandwidth is the baseline: a plain
-// threaded sum over 1 GiB.
+// benchmarks reuse one matrix that may stay in cache. Two ceilings run in the same binary, so
+// that ratios come from one run: ReadBandwidth (an AVX-512 sum over 1 GiB, each thread reading
+// its own slice) and DotProductPeak (independent vpdpbusd chains in registers). Cases named
+// ".../threads:T" set the OpenMP thread count to T; the others use the default.
+#include <immintrin.h>
 #include <omp.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <memory>
 #include <random>
 #include <string>
@@ -62,17 +67,34 @@ void SetCounters(benchmark::State& state, double operations, double bytes) {
   state.counters["GB/s"] = benchmark::Counter(bytes * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
 }
 
-// Int8Matmul on one shape. group_size 0 is per-channel through oneDNN on AVX-512; group_size
-// k is numerically the same per-channel product through the packed VNNI kernel.
+// Sets the OpenMP thread count for one benchmark and restores it afterwards. 0 keeps it.
+class ScopedThreads {
+ public:
+  explicit ScopedThreads(int threads) : saved_(omp_get_max_threads()) {
+    if (threads > 0) omp_set_num_threads(threads);
+  }
+  ~ScopedThreads() { omp_set_num_threads(saved_); }
+
+ private:
+  int saved_;
+};
+
+// Int8Matmul on one shape with `threads` OpenMP threads (0: the default). group_size 0 is
+// per-channel, which Int8Matmul dispatches to oneDNN or the packed VNNI loop by m; group_size k
+// is numerically the same per-channel product, always through the packed loop. Cold runs cycle
+// through enough copies of the weights (1 GiB) that every product reads them from DRAM.
+// GB/s counts the int8 weights plus the 8 bytes (int32 compensation and FP32 scale) that the
+// packed loop reads per output row and group, the activations and the outputs.
 void BenchInt8(benchmark::State& state, LayerShape shape, int64_t m, int64_t group_size,
-               bool cold) {
+               bool cold, int threads) {
+  const ScopedThreads scoped_threads(threads);
   const int64_t n = shape.n, k = shape.k;
   const int64_t groups = group_size == 0 ? 1 : (k + group_size - 1) / group_size;
   const int64_t copies = cold ? std::max<int64_t>(1, kColdBytes / (n * k)) : 1;
+  const std::vector<int8_t> weights = RandomInt8(n * k, 7);
+  const std::vector<float> scales(n * groups, 0.01f);
   std::vector<std::unique_ptr<Int8Matmul>> matrices;
   for (int64_t copy = 0; copy < copies; ++copy) {
-    const std::vector<int8_t> weights = RandomInt8(n * k, static_cast<uint32_t>(copy));
-    const std::vector<float> scales(n * groups, 0.01f);
     auto matmul = Int8Matmul::Create(weights, n, k, scales, group_size);
     if (!matmul.ok()) {
       state.SkipWithError(std::string(matmul.status().message()).c_str());
@@ -90,7 +112,7 @@ void BenchInt8(benchmark::State& state, LayerShape shape, int64_t m, int64_t gro
     next = next + 1 == copies ? 0 : next + 1;
   }
   state.SetItemsProcessed(state.iterations() * m);
-  SetCounters(state, 2.0 * m * n * k, double(n * k + m * k + 4 * m * n + 4 * n * groups));
+  SetCounters(state, 2.0 * m * n * k, double(n * k + m * k + 4 * m * n + 8 * n * groups));
 }
 
 void BenchF32(benchmark::State& state, LayerShape shape, int64_t m, bool cold) {
@@ -146,40 +168,144 @@ void BenchSiluMulQuantize(benchmark::State& state, int64_t m, int64_t k) {
   SetCounters(state, double(m * k), double(9 * m * k));
 }
 
-void BenchReadBandwidth(benchmark::State& state) {
-  const int64_t count = kColdBytes / 8;
-  std::vector<int64_t> data(count, 1);
-  for (auto _ : state) {
-    int64_t sum = 0;
-#pragma omp parallel for reduction(+ : sum) schedule(static)
-    for (int64_t i = 0; i < count; ++i) sum += data[i];
-    benchmark::DoNotOptimize(sum);
+// Sums `bytes` bytes (a multiple of 256) with four independent 64-byte loads per iteration.
+__attribute__((target("avx512f"))) int64_t SumBytes(const uint8_t* data, int64_t bytes) {
+  __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+  for (int64_t i = 0; i < bytes; i += 256) {
+    a0 = _mm512_add_epi64(a0, _mm512_load_si512(data + i));
+    a1 = _mm512_add_epi64(a1, _mm512_load_si512(data + i + 64));
+    a2 = _mm512_add_epi64(a2, _mm512_load_si512(data + i + 128));
+    a3 = _mm512_add_epi64(a3, _mm512_load_si512(data + i + 192));
   }
-  SetCounters(state, 0.0, double(kColdBytes));
+  alignas(64) int64_t lanes[8];
+  _mm512_store_si512(lanes, _mm512_add_epi64(_mm512_add_epi64(a0, a1), _mm512_add_epi64(a2, a3)));
+  int64_t total = 0;
+  for (int64_t lane : lanes) total += lane;
+  return total;
+}
+
+// The read-bandwidth ceiling: `threads` threads each sum their own slice of a 1 GiB buffer,
+// which is larger than the last-level cache, so every pass reads from DRAM.
+void BenchReadBandwidth(benchmark::State& state, int threads) {
+  if (!CpuSupports(Isa::kAvx512Vnni)) {
+    state.SkipWithError("ReadBandwidth needs AVX-512");
+    return;
+  }
+  std::unique_ptr<uint8_t, decltype(&std::free)> buffer(
+      static_cast<uint8_t*>(std::aligned_alloc(64, kColdBytes)), &std::free);
+  if (buffer == nullptr) {
+    state.SkipWithError("failed to allocate the 1 GiB read buffer");
+    return;
+  }
+  const int64_t slice = kColdBytes / threads / 256 * 256;
+  // Each thread first touches the pages it reads later.
+#pragma omp parallel num_threads(threads)
+  std::fill_n(buffer.get() + omp_get_thread_num() * slice, slice, uint8_t{1});
+  for (auto _ : state) {
+    int64_t total = 0;
+#pragma omp parallel num_threads(threads) reduction(+ : total)
+    total += SumBytes(buffer.get() + omp_get_thread_num() * slice, slice);
+    benchmark::DoNotOptimize(total);
+  }
+  SetCounters(state, 0.0, double(slice * threads));
+}
+
+// Runs `iterations` rounds of 16 independent vpdpbusd chains held in zmm0..zmm15. The asm
+// keeps the compiler from folding the loop or spilling the accumulators.
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) void RunDotProducts(int64_t iterations) {
+  const __m512i a = _mm512_set1_epi8(1);
+  const __m512i b = _mm512_set1_epi8(2);
+  asm volatile(
+      "vpxord %%zmm0, %%zmm0, %%zmm0\n\tvpxord %%zmm1, %%zmm1, %%zmm1\n\t"
+      "vpxord %%zmm2, %%zmm2, %%zmm2\n\tvpxord %%zmm3, %%zmm3, %%zmm3\n\t"
+      "vpxord %%zmm4, %%zmm4, %%zmm4\n\tvpxord %%zmm5, %%zmm5, %%zmm5\n\t"
+      "vpxord %%zmm6, %%zmm6, %%zmm6\n\tvpxord %%zmm7, %%zmm7, %%zmm7\n\t"
+      "vpxord %%zmm8, %%zmm8, %%zmm8\n\tvpxord %%zmm9, %%zmm9, %%zmm9\n\t"
+      "vpxord %%zmm10, %%zmm10, %%zmm10\n\tvpxord %%zmm11, %%zmm11, %%zmm11\n\t"
+      "vpxord %%zmm12, %%zmm12, %%zmm12\n\tvpxord %%zmm13, %%zmm13, %%zmm13\n\t"
+      "vpxord %%zmm14, %%zmm14, %%zmm14\n\tvpxord %%zmm15, %%zmm15, %%zmm15\n\t"
+      "1:\n\t"
+      "vpdpbusd %[b], %[a], %%zmm0\n\tvpdpbusd %[b], %[a], %%zmm1\n\t"
+      "vpdpbusd %[b], %[a], %%zmm2\n\tvpdpbusd %[b], %[a], %%zmm3\n\t"
+      "vpdpbusd %[b], %[a], %%zmm4\n\tvpdpbusd %[b], %[a], %%zmm5\n\t"
+      "vpdpbusd %[b], %[a], %%zmm6\n\tvpdpbusd %[b], %[a], %%zmm7\n\t"
+      "vpdpbusd %[b], %[a], %%zmm8\n\tvpdpbusd %[b], %[a], %%zmm9\n\t"
+      "vpdpbusd %[b], %[a], %%zmm10\n\tvpdpbusd %[b], %[a], %%zmm11\n\t"
+      "vpdpbusd %[b], %[a], %%zmm12\n\tvpdpbusd %[b], %[a], %%zmm13\n\t"
+      "vpdpbusd %[b], %[a], %%zmm14\n\tvpdpbusd %[b], %[a], %%zmm15\n\t"
+      "dec %[n]\n\t"
+      "jnz 1b\n\t"
+      : [n] "+r"(iterations)
+      : [a] "v"(a), [b] "v"(b)
+      : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9",
+        "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "cc");
+}
+
+// The compute ceiling of the VNNI loops: 128 operations (64 multiply-adds) per vpdpbusd, on
+// `threads` threads at once.
+void BenchDotProductPeak(benchmark::State& state, int threads) {
+  if (!CpuSupports(Isa::kAvx512Vnni)) {
+    state.SkipWithError("DotProductPeak needs AVX-512 VNNI");
+    return;
+  }
+  constexpr int64_t kIterations = int64_t{1} << 16;
+  for (auto _ : state) {
+#pragma omp parallel num_threads(threads)
+    RunDotProducts(kIterations);
+  }
+  SetCounters(state, double(threads) * kIterations * 16 * 128, 0.0);
+}
+
+
+std::string ThreadsSuffix(int threads) {
+  return threads == 0 ? "" : "/threads:" + std::to_string(threads);
+}
+
+void RegisterInt8(const std::string& label, LayerShape shape, int64_t m, int64_t group_size,
+                  bool cold, int threads) {
+  const std::string name = label + (cold ? "/cold/" : "/") + shape.name +
+                           "/m=" + std::to_string(m) + ThreadsSuffix(threads);
+  benchmark::RegisterBenchmark(name.c_str(), BenchInt8, shape, m, group_size, cold, threads)
+      ->Unit(benchmark::kMicrosecond)
+      ->UseRealTime();
 }
 
 void RegisterAll() {
-  benchmark::RegisterBenchmark("ReadBandwidth/1GiB", BenchReadBandwidth)
-      ->Unit(benchmark::kMillisecond)
-      ->UseRealTime();
+  for (int threads : {1, 2}) {
+    benchmark::RegisterBenchmark(("ReadBandwidth/1GiB" + ThreadsSuffix(threads)).c_str(),
+                                 BenchReadBandwidth, threads)
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime();
+    benchmark::RegisterBenchmark(("DotProductPeak" + ThreadsSuffix(threads)).c_str(),
+                                 BenchDotProductPeak, threads)
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime();
+  }
   for (const LayerShape& shape : kShapes) {
-    const std::string name = shape.name;
-    for (int64_t m : kRowCounts) {
-      const std::string suffix = name + "/m=" + std::to_string(m);
-      const std::vector<std::pair<std::string, int64_t>> variants = {
-          {"Int8PerChannel", 0}, {"Int8PerRowPacked", shape.k}, {"Int8Group128", 128}};
-      for (const auto& [label, group_size] : variants) {
-        benchmark::RegisterBenchmark((label + "/" + suffix).c_str(), BenchInt8, shape, m,
-                                     group_size, false)
-            ->Unit(benchmark::kMicrosecond)
-            ->UseRealTime();
-        if (m == 1) {
-          benchmark::RegisterBenchmark((label + "/cold/" + suffix).c_str(), BenchInt8, shape,
-                                       m, group_size, true)
-              ->Unit(benchmark::kMicrosecond)
-              ->UseRealTime();
+    // Decode, warm and from DRAM.
+    for (int threads : {1, 2}) {
+      for (bool cold : {false, true}) {
+        RegisterInt8("Int8PerChannel", shape, 1, 0, cold, threads);
+        RegisterInt8("Int8Group128", shape, 1, 128, cold, threads);
+      }
+    }
+    // Batched decode: oneDNN against the packed loop (per-channel numerics with group_size k).
+    for (int64_t m : {2, 4, 8, 16}) {
+      RegisterInt8("Int8PerChannel", shape, m, 0, false, 0);
+      RegisterInt8("Int8PerRowPacked", shape, m, shape.k, false, 0);
+    }
+    // Prefill.
+    for (int64_t m : {16, 64, 512}) {
+      for (int threads : {1, 2}) {
+        for (int64_t group_size : {16, 32, 128}) {
+          RegisterInt8("Int8Group" + std::to_string(group_size), shape, m, group_size, false,
+                       threads);
         }
       }
+      RegisterInt8("Int8PerChannel", shape, m, 0, false, 0);
+    }
+    for (int64_t m : kRowCounts) {
+      const std::string suffix = std::string(shape.name) + "/m=" + std::to_string(m);
       benchmark::RegisterBenchmark(("F32/" + suffix).c_str(), BenchF32, shape, m, false)
           ->Unit(benchmark::kMicrosecond)
           ->UseRealTime();

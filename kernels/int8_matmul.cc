@@ -62,11 +62,13 @@ class PackedInt8Matmul final : public Int8Matmul {
     const uint8_t* xa = activations.data();
 
     // Threads split the column blocks when there are enough of them, so each thread streams
-    // its own part of the weights once. Otherwise they split the rows.
+    // its own part of the weights once. Otherwise they split the rows. Column ranges are
+    // whole quads of kBlockQuad blocks.
     const int64_t blocks = packed_.blocks;
+    const int64_t units = packed_.quads;
     const int threads = omp_get_max_threads();
-    const bool split_columns = blocks >= 4 * threads || m < threads;
-    const int64_t work = split_columns ? blocks : m;
+    const bool split_columns = units >= 2 * threads || m < threads;
+    const int64_t work = split_columns ? units : m;
 #pragma omp parallel num_threads(static_cast<int>(std::min<int64_t>(threads, work)))
     {
       const int64_t count = omp_get_num_threads();
@@ -74,7 +76,8 @@ class PackedInt8Matmul final : public Int8Matmul {
       const int64_t begin = work * index / count;
       const int64_t end = work * (index + 1) / count;
       if (split_columns) {
-        RunRange(xa, x_scales, m, begin, end, y);
+        RunRange(xa, x_scales, m, std::min(blocks, begin * internal::kBlockQuad),
+                 std::min(blocks, end * internal::kBlockQuad), y);
       } else if (begin < end) {
         RunRange(xa + begin * padded_k, x_scales + begin, end - begin, 0, blocks,
                  y + begin * packed_.n);

@@ -24,7 +24,7 @@ W8A8_AVX2 inline __m256i SumLanePairs(__m256i low, __m256i high) {
 W8A8_AVX2 void RunBlockRow(const PackedInt8Weights& packed, const uint8_t* xa, float x_scale,
                            int64_t block, float* y) {
   const int64_t groups = packed.groups;
-  const int8_t* weights = packed.weights.data() + block * packed.steps * kPackRows * kPackDepth;
+  const int8_t* weights = packed.BlockWeights(block);
   const int32_t* compensation = packed.compensation.data() + block * groups * kPackRows;
   const float* scales = packed.scales.data() + block * groups * kPackRows;
 
@@ -41,7 +41,7 @@ W8A8_AVX2 void RunBlockRow(const PackedInt8Weights& packed, const uint8_t* xa, f
       std::memcpy(&word, xa + step * kPackDepth, sizeof(word));
       const __m128i x16 = _mm_cvtepu8_epi16(_mm_cvtsi32_si128(word));
       const __m256i x = _mm256_broadcastq_epi64(x16);
-      const int8_t* line = weights + step * kPackRows * kPackDepth;
+      const int8_t* line = weights + step * kQuadStepBytes;
 #pragma GCC unroll 4
       for (int i = 0; i < 4; ++i) {
         const __m128i w8 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(line + 16 * i));
@@ -49,10 +49,10 @@ W8A8_AVX2 void RunBlockRow(const PackedInt8Weights& packed, const uint8_t* xa, f
         dots[i] = _mm256_add_epi32(dots[i], _mm256_madd_epi16(w, x));
       }
     }
-    const __m256i rows_low = _mm256_sub_epi32(
+    const __m256i rows_low = _mm256_add_epi32(
         SumLanePairs(dots[0], dots[1]),
         _mm256_loadu_si256(reinterpret_cast<const __m256i*>(compensation + group * kPackRows)));
-    const __m256i rows_high = _mm256_sub_epi32(
+    const __m256i rows_high = _mm256_add_epi32(
         SumLanePairs(dots[2], dots[3]),
         _mm256_loadu_si256(
             reinterpret_cast<const __m256i*>(compensation + group * kPackRows + 8)));

@@ -12,6 +12,7 @@ PackedInt8Weights PackInt8Weights(const int8_t* weights, int64_t n, int64_t k,
   packed.k = k;
   packed.group_size = group_size;
   packed.blocks = (n + kPackRows - 1) / kPackRows;
+  packed.quads = (packed.blocks + kBlockQuad - 1) / kBlockQuad;
   const int64_t span = group_size == 0 ? k : group_size;
   packed.groups = (k + span - 1) / span;
   for (int64_t group = 0; group < packed.groups; ++group) {
@@ -23,13 +24,14 @@ PackedInt8Weights PackInt8Weights(const int8_t* weights, int64_t n, int64_t k,
   }
 
   const int64_t groups = packed.groups;
-  packed.weights.assign(packed.blocks * packed.steps * kPackRows * kPackDepth, 0);
-  packed.compensation.assign(packed.blocks * groups * kPackRows, 0);
-  packed.scales.assign(packed.blocks * groups * kPackRows, 0.0f);
+  const int64_t padded_blocks = packed.quads * kBlockQuad;
+  packed.weights.assign(packed.quads * packed.steps * kQuadStepBytes, 0);
+  packed.compensation.assign(padded_blocks * groups * kPackRows, 0);
+  packed.scales.assign(padded_blocks * groups * kPackRows, 0.0f);
   for (int64_t row = 0; row < n; ++row) {
     const int64_t block = row / kPackRows;
     const int64_t lane = row % kPackRows;
-    int8_t* block_weights = packed.weights.data() + block * packed.steps * kPackRows * kPackDepth;
+    int8_t* block_weights = const_cast<int8_t*>(packed.BlockWeights(block));
     int64_t step = 0;
     for (int64_t group = 0; group < groups; ++group) {
       const int64_t begin = packed.group_begin[group];
@@ -37,13 +39,13 @@ PackedInt8Weights PackInt8Weights(const int8_t* weights, int64_t n, int64_t k,
       int32_t sum = 0;
       for (int64_t i = begin; i < end; ++i) {
         const int64_t offset = i - begin;
-        const int64_t at = (step + offset / kPackDepth) * kPackRows * kPackDepth +
+        const int64_t at = (step + offset / kPackDepth) * kQuadStepBytes +
                            lane * kPackDepth + offset % kPackDepth;
         block_weights[at] = weights[row * k + i];
         sum += weights[row * k + i];
       }
       const int64_t table_index = (block * groups + group) * kPackRows + lane;
-      packed.compensation[table_index] = 128 * sum;
+      packed.compensation[table_index] = -128 * sum;
       packed.scales[table_index] = group_size == 0 ? scales[row] : scales[row * groups + group];
       step += packed.group_steps[group];
     }
