@@ -34,3 +34,10 @@ fi
 if [[ -f tests/deploy/package.json ]]; then
   (cd tests/deploy && npm ci --no-audit --no-fund --loglevel=error)
 fi
+# node-llama-cpp lists the prebuilt llama.cpp binaries of every platform as optional
+# dependencies, and the registry returns 404 for some of them (mac-x64 3.22.1, for one), so the
+# lockfile cannot name them all and `npm ci` rejects it. `npm install --no-save` installs the locked versions and leaves
+# the lockfile as it is; bench/llamacpp/.npmrc skips the optional packages and install scripts.
+if [[ -f bench/llamacpp/package.json ]]; then
+  (cd bench/llamacpp && npm install --no-save --no-audit --no-fund --loglevel=error)
+fi
