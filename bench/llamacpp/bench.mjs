@@ -241,7 +241,8 @@ function printTable(report) {
     `${report.build.ggml_cpu_variant}, ${report.threads} threads, flash attention ` +
     `${report.flash_attention}`);
   lines.push(`model: ${report.path} (${report.model.description}, ` +
-    `${(report.model.size_bytes / 2 ** 20).toFixed(0)} MiB)`);
+    `${(report.model.size_bytes / 2 ** 20).toFixed(0)} MiB), weight buffers: ` +
+    `${report.build.model_buffers.join(", ")}`);
   lines.push("");
   lines.push("prefill   tokens/s   seconds (fastest of " + report.prefill[0]?.runs + ")");
   for (const entry of report.prefill) {

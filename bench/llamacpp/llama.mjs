@@ -19,13 +19,17 @@ export function nodeLlamaCppVersion() {
 // "sapphirerapids"), taken from its "load_backend" log line. Warnings and errors of llama.cpp
 // go to stderr; the rest of its log is dropped.
 export async function loadLlama({ threads }) {
-  const state = { cpuVariant: null, cpuBackendPath: null };
+  const state = { cpuVariant: null, cpuBackendPath: null, modelBuffers: [] };
   const logger = (level, message) => {
     const match = /load_backend: loaded CPU backend from (\S*libggml-cpu-([\w-]+)\.so)/.exec(message);
     if (match) {
       state.cpuBackendPath = match[1];
       state.cpuVariant = match[2];
     }
+    // Lines such as "CPU_REPACK model buffer size = 1200.00 MiB" show whether the weights
+    // were repacked for the AMX or the repacked CPU kernels.
+    const buffer = /(\S+) model buffer size\s*=\s*([\d.]+ MiB)/.exec(message);
+    if (buffer) state.modelBuffers.push(`${buffer[1]} ${buffer[2]}`);
     if (level === LlamaLogLevel.error || level === LlamaLogLevel.fatal ||
         level === LlamaLogLevel.warn) {
       process.stderr.write(`llama.cpp ${level}: ${message.trimEnd()}\n`);
@@ -58,6 +62,7 @@ export function describeBuild(llama, state) {
     build_type: llama.buildType,
     ggml_cpu_variant: state.cpuVariant,
     ggml_cpu_backend: state.cpuBackendPath,
+    model_buffers: state.modelBuffers,
     system_info: llama.systemInfo.trim(),
   };
 }
