@@ -765,6 +765,16 @@ absl::StatusOr<std::string> GgufWriter::Serialize() const {
   return out;
 }
 
+absl::StatusOr<std::string> GgufWriter::SerializeMetadata() const {
+  std::string out;
+  for (const auto& [key, value] : metadata_) {
+    PutString(out, key);
+    Put<uint32_t>(out, static_cast<uint32_t>(value.type));
+    RETURN_IF_ERROR(PutValue(out, value, key));
+  }
+  return out;
+}
+
 absl::Status GgufWriter::WriteFile(const std::filesystem::path& path) const {
   // NOTE: the whole file is built in memory first, which suits tests and small models.
   ASSIGN_OR_RETURN(const std::string bytes, Serialize());

@@ -139,6 +139,10 @@ class GgufWriter {
 
   absl::StatusOr<std::string> Serialize() const;
   absl::Status WriteFile(const std::filesystem::path& path) const;
+  // The metadata section alone (each key, value type and value, in order), which writers that
+  // stream tensor data place after their own header. metadata_count() entries.
+  absl::StatusOr<std::string> SerializeMetadata() const;
+  size_t metadata_count() const { return metadata_.size(); }
 
  private:
   struct PendingTensor {

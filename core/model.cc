@@ -237,6 +237,20 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Create(const Checkpoint& checkpoin
                      BuildLinear(checkpoint, factory, "lm_head", config.vocab_size, hidden));
   }
   model->rope_inv_freq_ = RopeInverseFrequencies(config);
+  // GGUF files carry Llama 3 rope scaling as per-frequency divisors instead of rope_scaling.
+  if (const std::optional<TensorView> factors = checkpoint.rope_frequency_factors();
+      factors.has_value() && !config.rope_scaling.has_value()) {
+    ASSIGN_OR_RETURN(const std::vector<float> divisors, ToFloat32(*factors));
+    if (divisors.size() != model->rope_inv_freq_.size()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          checkpoint.path().string(), ": rope_freqs.weight has ", divisors.size(),
+          " values, but head_dim / 2 is ", model->rope_inv_freq_.size()));
+    }
+    for (size_t i = 0; i < divisors.size(); ++i) {
+      model->rope_inv_freq_[i] = static_cast<float>(
+          static_cast<double>(model->rope_inv_freq_[i]) / static_cast<double>(divisors[i]));
+    }
+  }
   return model;
 }
 

@@ -88,3 +88,9 @@ ABSL_FLAG(std::string, suite, "",
 ABSL_FLAG(double, seconds, 0.5,
           "bench: minimum seconds of timed runs per figure. Each figure is the fastest run, "
           "except decode, which reports the mean step.");
+
+// export-gguf
+ABSL_FLAG(std::string, outtype, "f16",
+          "export-gguf: element type of the 2-D weights: f32, f16, bf16 or q8_0 (blocks of 32 "
+          "int8 values with an FP16 scale). The default f16 is that of llama.cpp's "
+          "convert_hf_to_gguf.py. Norm weights are always F32.");
