@@ -2,9 +2,11 @@
 // stated as fractions of the machine ceilings measured in the same run.
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "core/engine.h"
 #include "nlohmann/json.hpp"
 #include "tools/bench_machine.h"
 
@@ -19,5 +21,22 @@ absl::StatusOr<nlohmann::json> RunKernelSuite(const MachineCeilings& machine, do
 // and fp32, in that order, with ratios between them.
 absl::StatusOr<nlohmann::json> RunModelSuite(const std::string& model_path,
                                              const MachineCeilings& machine, double seconds);
+
+// The work of the engine suite, the same as `w8a8-client load` sends to w8a8-server.
+struct EngineSuiteOptions {
+  std::string model_path;
+  std::string plan = "fp32";  // A --plan value; fp32 runs the checkpoint's own weights.
+  std::string prompt;         // Text of every request, encoded as the server encodes it.
+  int64_t requests = 64;      // Requests in total.
+  int64_t concurrency = 4;    // Requests in flight at once.
+  int64_t max_tokens = 64;    // Generated tokens of every request (end-of-sequence is ignored).
+  EngineOptions engine;       // The defaults are the server's flag defaults.
+};
+
+// Runs `options.requests` requests through the continuous batching engine with
+// `options.concurrency` in flight, each finished request submitting the next. Reports the
+// fields of `w8a8-client load --json` (throughput, time to first token, inter-token and request
+// latency percentiles) plus the model load time and the work settings. Blocks for the whole run.
+absl::StatusOr<nlohmann::json> RunEngineSuite(const EngineSuiteOptions& options);
 
 }  // namespace w8a8::tools

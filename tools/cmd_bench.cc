@@ -2,9 +2,11 @@
 // so that kernel and model figures are stated as fractions of the machine's own ceilings.
 #include <omp.h>
 
+#include <cstdint>
 #include <cstdio>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/flags/declare.h"
@@ -18,6 +20,13 @@
 
 ABSL_DECLARE_FLAG(std::string, suite);
 ABSL_DECLARE_FLAG(double, seconds);
+ABSL_DECLARE_FLAG(std::string, plan);
+ABSL_DECLARE_FLAG(std::string, prompt);
+ABSL_DECLARE_FLAG(int64_t, max_tokens);
+ABSL_DECLARE_FLAG(int32_t, concurrency);
+ABSL_DECLARE_FLAG(int64_t, requests);
+ABSL_DECLARE_FLAG(int64_t, max_running);
+ABSL_DECLARE_FLAG(int64_t, max_batch_tokens);
 
 namespace w8a8::tools {
 namespace {
@@ -106,6 +115,37 @@ void PrintModel(const nlohmann::json& model) {
   }
 }
 
+// The layout of `w8a8-client load`, so the two tables line up.
+void PrintEngine(const nlohmann::json& engine) {
+  std::printf("\nengine %s, plan %s: %lld requests x %lld tokens, prompt %lld tokens\n",
+              engine["path"].get<std::string>().c_str(), engine["plan"].get<std::string>().c_str(),
+              static_cast<long long>(engine["requests"].get<int64_t>()),
+              static_cast<long long>(engine["max_tokens"].get<int64_t>()),
+              static_cast<long long>(engine["prompt_tokens"].get<int64_t>()));
+  std::printf("%lld in flight, %.2f s: %lld succeeded, %lld failed; %.2f requests/s, %.1f "
+              "generated tokens/s\n",
+              static_cast<long long>(engine["concurrency"].get<int64_t>()),
+              engine["seconds"].get<double>(),
+              static_cast<long long>(engine["succeeded"].get<int64_t>()),
+              static_cast<long long>(engine["failed"].get<int64_t>()),
+              engine["requests_per_second"].get<double>(),
+              engine["tokens_per_second"].get<double>());
+  if (!engine["first_error"].get<std::string>().empty()) {
+    std::printf("  first error: %s\n", engine["first_error"].get<std::string>().c_str());
+  }
+  std::printf("%-22s %10s %10s %10s %10s %10s\n", "latency (ms)", "mean", "p50", "p90", "p99",
+              "max");
+  for (const auto& [label, key] :
+       {std::pair{"time to first token", "time_to_first_token_seconds"},
+        std::pair{"inter-token", "inter_token_latency_seconds"},
+        std::pair{"request", "request_latency_seconds"}}) {
+    const nlohmann::json& p = engine[key];
+    std::printf("%-22s %10.2f %10.2f %10.2f %10.2f %10.2f\n", label, Number(p, "mean") * 1e3,
+                Number(p, "p50") * 1e3, Number(p, "p90") * 1e3, Number(p, "p99") * 1e3,
+                Number(p, "max") * 1e3);
+  }
+}
+
 int RunBench(const std::vector<std::string>& args) {
   if (!args.empty()) return Fail("unexpected argument '" + args[0] + "'.");
   const double seconds = absl::GetFlag(FLAGS_seconds);
@@ -120,20 +160,30 @@ int RunBench(const std::vector<std::string>& args) {
     if (!model_path.empty()) suites.insert("model");
   }
   for (const absl::string_view name : absl::StrSplit(suite_flag, ',', absl::SkipEmpty())) {
-    if (name != "machine" && name != "kernels" && name != "model") {
+    if (name != "machine" && name != "kernels" && name != "model" && name != "engine") {
       return Fail("unknown suite '" + std::string(name) +
-                  "' in --suite; use machine, kernels or model.");
+                  "' in --suite; use machine, kernels, model or engine.");
     }
     suites.insert(std::string(name));
   }
-  if (suites.contains("model") && model_path.empty()) {
-    return Fail("the model suite needs --model: a checkpoint directory or a .gguf file.");
+  for (const char* suite : {"model", "engine"}) {
+    if (suites.contains(suite) && model_path.empty()) {
+      return Fail(std::string("the ") + suite +
+                  " suite needs --model: a checkpoint directory or a .gguf file.");
+    }
   }
 
-  const MachineCeilings machine = MeasureMachine(seconds);
   const bool json = absl::GetFlag(FLAGS_json);
-  nlohmann::json report = {{"seconds", seconds}, {"machine", MachineJson(machine)}};
-  if (!json) PrintMachine(machine);
+  nlohmann::json report = nlohmann::json::object();
+  // The engine suite states no fractions of the ceilings and runs a fixed amount of work
+  // instead of --seconds, so alone it skips the machine measurement.
+  const bool engine_only = suites.size() == 1 && suites.contains("engine");
+  const MachineCeilings machine = engine_only ? MachineCeilings{} : MeasureMachine(seconds);
+  if (!engine_only) {
+    report["seconds"] = seconds;
+    report["machine"] = MachineJson(machine);
+    if (!json) PrintMachine(machine);
+  }
   if (suites.contains("kernels")) {
     absl::StatusOr<nlohmann::json> cases = RunKernelSuite(machine, seconds);
     if (!cases.ok()) return Fail(std::string(cases.status().message()));
@@ -146,13 +196,30 @@ int RunBench(const std::vector<std::string>& args) {
     report["model"] = *model;
     if (!json) PrintModel(*model);
   }
+  if (suites.contains("engine")) {
+    EngineSuiteOptions options;
+    options.model_path = model_path;
+    options.plan = absl::GetFlag(FLAGS_plan);
+    options.prompt = absl::GetFlag(FLAGS_prompt);
+    options.requests = absl::GetFlag(FLAGS_requests);
+    options.concurrency = absl::GetFlag(FLAGS_concurrency);
+    options.max_tokens = absl::GetFlag(FLAGS_max_tokens);
+    options.engine.max_running_sequences = absl::GetFlag(FLAGS_max_running);
+    options.engine.max_batch_tokens = absl::GetFlag(FLAGS_max_batch_tokens);
+    absl::StatusOr<nlohmann::json> engine = RunEngineSuite(options);
+    if (!engine.ok()) return Fail(std::string(engine.status().message()));
+    report["engine"] = *engine;
+    if (!json) PrintEngine(*engine);
+  }
   if (json) std::printf("%s\n", report.dump(2).c_str());
   return 0;
 }
 
 }  // namespace
 
-W8A8_COMMAND("bench", "Measure machine ceilings, kernel and model throughput as ratios",
+W8A8_COMMAND("bench",
+             "Measure machine ceilings, kernel and model throughput as ratios, and engine "
+             "serving throughput",
              RunBench);
 
 }  // namespace w8a8::tools

@@ -82,12 +82,24 @@ ABSL_FLAG(std::string, svg, "",
 
 // bench
 ABSL_FLAG(std::string, suite, "",
-          "bench: comma-separated suites to run: machine, kernels, model. Empty runs machine and "
-          "kernels, plus model when --model is set. Every suite needs the machine figures, so "
-          "they are always measured.");
+          "bench: comma-separated suites to run: machine, kernels, model, engine. Empty runs "
+          "machine and kernels, plus model when --model is set. The machine figures are always "
+          "measured, except when engine is the only suite.");
 ABSL_FLAG(double, seconds, 0.5,
           "bench: minimum seconds of timed runs per figure. Each figure is the fastest run, "
           "except decode, which reports the mean step.");
+
+// bench --suite engine: the same names and meanings as `w8a8-client load` and w8a8-server.
+ABSL_FLAG(int32_t, concurrency, 4,
+          "bench engine suite: requests in flight at once; each finished request submits the "
+          "next.");
+ABSL_FLAG(int64_t, requests, 64,
+          "bench engine suite: requests in total, each generating exactly --max-tokens tokens.");
+ABSL_FLAG(int64_t, max_running, 16,
+          "bench engine suite: maximum sequences decoded together, as w8a8-server --max-running.");
+ABSL_FLAG(int64_t, max_batch_tokens, 512,
+          "bench engine suite: maximum tokens of one engine step, as w8a8-server "
+          "--max-batch-tokens.");
 
 // export-gguf
 ABSL_FLAG(std::string, outtype, "f16",
