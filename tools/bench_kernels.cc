@@ -1,13 +1,13 @@
-#include <omp.h>
-
 #include <algorithm>
 #include <cstdint>
+#include <functional>
+#include <iterator>
 #include <memory>
-#include <random>
 #include <string>
 #include <vector>
 
 #include "kernels/gemm.h"
+#include "tools/bench_common.h"
 #include "tools/bench_suites.h"
 
 namespace w8a8::tools {
@@ -27,106 +27,156 @@ constexpr LayerShape kShapes[] = {
     {"mlp_down", 2048, 8192},
 };
 constexpr int64_t kRowCounts[] = {1, 4, 16, 64, 512};
+constexpr int kRowCountCount = sizeof(kRowCounts) / sizeof(kRowCounts[0]);
 // Products with more rows than this get no bandwidth fraction, because they reuse each weight
 // enough times that the weight stream is not expected to bound them.
 constexpr int64_t kMaxBandwidthBoundRows = 16;
+// At --seconds below this the kernels cycle through only kQuickRotationBytes of each matrix,
+// so that quick runs (such as the test's) stay quick. Their figures are then marked as
+// possibly cache-resident.
+constexpr double kFullRotationSeconds = 0.25;
+constexpr int64_t kQuickRotationBytes = int64_t{64} << 20;
 
-std::vector<int8_t> RandomInt8(int64_t count, uint32_t seed) {
-  std::mt19937 engine(seed);
-  std::uniform_int_distribution<int> distribution(-127, 127);
-  std::vector<int8_t> values(count);
-  for (int8_t& value : values) value = static_cast<int8_t>(distribution(engine));
-  return values;
+// Bytes of weights that each kernel cycles through for `seconds` per case.
+int64_t RotationBytes(double seconds) {
+  return seconds >= kFullRotationSeconds ? DramResidentBytes() : kQuickRotationBytes;
 }
 
-std::vector<float> RandomFloats(int64_t count, uint32_t seed) {
-  std::mt19937 engine(seed);
-  std::uniform_real_distribution<float> distribution(-1.0f, 1.0f);
-  std::vector<float> values(count);
-  for (float& value : values) value = distribution(engine);
-  return values;
+// Copies of a matrix of `matrix_bytes` needed to cycle through at least `rotation_bytes`.
+int64_t CopiesFor(int64_t rotation_bytes, int64_t matrix_bytes) {
+  return std::max<int64_t>(1, (rotation_bytes + matrix_bytes - 1) / matrix_bytes);
 }
 
-// Runs `product` once untimed, then until `seconds` have passed (at least once), and returns
-// the fastest run in seconds.
-template <typename Product>
-double FastestRun(double seconds, Product product) {
+// One kernel on one shape: copies of the same weights at distinct addresses, which the timed
+// runs cycle through so that consecutive products do not find the weights in cache.
+struct RotatedKernel {
+  std::string name;
+  double peak_gops = 0.0;      // The ceiling of the peak fraction.
+  int64_t bytes_read = 0;      // Weight and scale bytes one product reads.
+  int64_t copies = 0;
+  // Runs one product with copy `copy` on the m x k input, writing the m x n output.
+  std::function<void(int64_t copy, int64_t m)> run;
+};
+
+// Runs `kernel` once untimed, then cycles through its copies for at least `seconds`, and
+// returns the fastest product in seconds.
+double FastestRotatedRun(const RotatedKernel& kernel, int64_t m, double seconds) {
+  int64_t next = 0;
+  auto product = [&] {
+    kernel.run(next, m);
+    next = next + 1 == kernel.copies ? 0 : next + 1;
+  };
   product();
-  double fastest = 0.0;
-  const double start = omp_get_wtime();
-  for (int run = 0; run == 0 || omp_get_wtime() - start < seconds; ++run) {
-    const double begin = omp_get_wtime();
-    product();
-    const double elapsed = omp_get_wtime() - begin;
-    if (run == 0 || elapsed < fastest) fastest = elapsed;
-  }
-  return fastest;
+  return FastestRun(seconds, 1, product);
 }
 
-nlohmann::json CaseJson(const std::string& kernel, const LayerShape& shape, int64_t m,
-                        double run_seconds, double peak_gops, double weight_bytes,
-                        const MachineCeilings& machine) {
+nlohmann::json CaseJson(const RotatedKernel& kernel, const LayerShape& shape, int64_t m,
+                        double run_seconds, const MachineCeilings& machine) {
   const double gops = 2.0 * m * shape.n * shape.k / run_seconds * 1e-9;
-  nlohmann::json result = {{"kernel", kernel}, {"shape", shape.name}, {"n", shape.n},
-                           {"k", shape.k},      {"m", m},              {"seconds", run_seconds},
-                           {"gops", gops}};
+  const int64_t rotation_bytes = kernel.copies * kernel.bytes_read;
+  nlohmann::json result = {{"kernel", kernel.name},
+                           {"shape", shape.name},
+                           {"n", shape.n},
+                           {"k", shape.k},
+                           {"m", m},
+                           {"seconds", run_seconds},
+                           {"gops", gops},
+                           {"weight_bytes", kernel.bytes_read},
+                           {"weight_copies", kernel.copies},
+                           {"rotation_bytes", rotation_bytes},
+                           {"dram_resident", ReadsDram(rotation_bytes)}};
   // Without the AVX-512 probes the ceilings are 0 and the fractions are left out.
   // NOTE: per-channel Int8Matmul goes through oneDNN for m > 1, which uses AMX tiles where the
   // CPU has them, so its fraction of the vpdpbusd peak can exceed 1.
-  if (peak_gops > 0) result["peak_fraction"] = gops / peak_gops;
+  if (kernel.peak_gops > 0) result["peak_fraction"] = gops / kernel.peak_gops;
   if (m <= kMaxBandwidthBoundRows && machine.read_gbs.all_threads > 0) {
     // The time the weights alone take to stream at the measured bandwidth, over the run time.
-    // NOTE: the weights are reused from run to run and may stay in cache, so this fraction can
-    // exceed 1 for shapes that fit in the last-level cache.
-    const double bound_seconds = weight_bytes / (machine.read_gbs.all_threads * 1e9);
+    // Above 1 means that part of the weights came from cache: see "dram_resident".
+    const double bound_seconds =
+        static_cast<double>(kernel.bytes_read) / (machine.read_gbs.all_threads * 1e9);
     result["bandwidth_fraction"] = bound_seconds / run_seconds;
   }
   return result;
 }
 
+// Inputs of one row count, shared by every kernel of a shape.
+struct Inputs {
+  std::vector<int8_t> xq;
+  std::vector<float> x_scales;
+  std::vector<float> x;
+  std::vector<float> y;
+};
+
 }  // namespace
 
 absl::StatusOr<nlohmann::json> RunKernelSuite(const MachineCeilings& machine, double seconds) {
+  const int64_t rotation_bytes = RotationBytes(seconds);
   nlohmann::json cases = nlohmann::json::array();
   for (const LayerShape& shape : kShapes) {
     const int64_t n = shape.n, k = shape.k;
-    const std::vector<int8_t> weights = RandomInt8(n * k, 1);
-    const std::vector<float> weights_f32 = RandomFloats(n * k, 2);
-    struct Variant {
-      std::string kernel;
-      int64_t group_size;
-      std::unique_ptr<kernels::Int8Matmul> matmul;
+    std::vector<Inputs> inputs(kRowCountCount);
+    for (int row = 0; row < kRowCountCount; ++row) {
+      const int64_t m = kRowCounts[row];
+      inputs[row] = {RandomInt8(m * k, 3), std::vector<float>(m, 0.02f), RandomFloats(m * k, 4),
+                     std::vector<float>(m * n)};
+    }
+    auto input_for = [&](int64_t m) -> Inputs& {
+      const int64_t* found = std::find(std::begin(kRowCounts), std::end(kRowCounts), m);
+      return inputs[found - std::begin(kRowCounts)];
     };
-    std::vector<Variant> variants;
+    // results[row][kernel], printed as shape, then row count, then kernel.
+    std::vector<std::vector<nlohmann::json>> results(kRowCountCount);
+
+    // The kernels are built and measured one at a time, so that only one set of copies is in
+    // memory at once.
+    const std::vector<int8_t> weights_int8 = RandomInt8(n * k, 1);
     for (int64_t group_size : {int64_t{0}, int64_t{128}}) {
       const int64_t groups = group_size == 0 ? 1 : (k + group_size - 1) / group_size;
       const std::vector<float> scales(n * groups, 0.01f);
-      absl::StatusOr<std::unique_ptr<kernels::Int8Matmul>> matmul =
-          kernels::Int8Matmul::Create(weights, n, k, scales, group_size);
-      if (!matmul.ok()) return matmul.status();
-      variants.push_back({group_size == 0 ? "int8_per_channel" : "int8_per_group_128",
-                          group_size, std::move(matmul).value()});
+      RotatedKernel kernel;
+      kernel.name = group_size == 0 ? "int8_per_channel" : "int8_per_group_128";
+      kernel.peak_gops = machine.int8_gops.all_threads;
+      kernel.bytes_read = n * k + static_cast<int64_t>(sizeof(float)) * n * groups;
+      kernel.copies = CopiesFor(rotation_bytes, kernel.bytes_read);
+      std::vector<std::unique_ptr<kernels::Int8Matmul>> copies;
+      for (int64_t copy = 0; copy < kernel.copies; ++copy) {
+        absl::StatusOr<std::unique_ptr<kernels::Int8Matmul>> matmul =
+            kernels::Int8Matmul::Create(weights_int8, n, k, scales, group_size);
+        if (!matmul.ok()) return matmul.status();
+        copies.push_back(std::move(matmul).value());
+      }
+      kernel.run = [&](int64_t copy, int64_t m) {
+        Inputs& in = input_for(m);
+        copies[copy]->Run(in.xq.data(), in.x_scales.data(), m, in.y.data());
+      };
+      for (int row = 0; row < kRowCountCount; ++row) {
+        const int64_t m = kRowCounts[row];
+        results[row].push_back(
+            CaseJson(kernel, shape, m, FastestRotatedRun(kernel, m, seconds), machine));
+      }
     }
 
-    for (int64_t m : kRowCounts) {
-      const std::vector<int8_t> xq = RandomInt8(m * k, 3);
-      const std::vector<float> x_scales(m, 0.02f);
-      const std::vector<float> x = RandomFloats(m * k, 4);
-      std::vector<float> y(m * n);
-      for (const Variant& variant : variants) {
-        const double run_seconds = FastestRun(
-            seconds, [&] { variant.matmul->Run(xq.data(), x_scales.data(), m, y.data()); });
-        const int64_t groups =
-            variant.group_size == 0 ? 1 : (k + variant.group_size - 1) / variant.group_size;
-        const double weight_bytes = static_cast<double>(n * k + 4 * n * groups);
-        cases.push_back(CaseJson(variant.kernel, shape, m, run_seconds,
-                                 machine.int8_gops.all_threads, weight_bytes, machine));
+    {
+      const std::vector<float> weights = RandomFloats(n * k, 2);
+      RotatedKernel kernel;
+      kernel.name = "fp32";
+      kernel.peak_gops = machine.fp32_gflops.all_threads;
+      kernel.bytes_read = static_cast<int64_t>(sizeof(float)) * n * k;
+      kernel.copies = CopiesFor(rotation_bytes, kernel.bytes_read);
+      const std::vector<std::vector<float>> copies(kernel.copies, weights);
+      kernel.run = [&](int64_t copy, int64_t m) {
+        Inputs& in = input_for(m);
+        kernels::GemmF32(in.x.data(), copies[copy].data(), in.y.data(), m, n, k);
+      };
+      for (int row = 0; row < kRowCountCount; ++row) {
+        const int64_t m = kRowCounts[row];
+        results[row].push_back(
+            CaseJson(kernel, shape, m, FastestRotatedRun(kernel, m, seconds), machine));
       }
-      const double run_seconds = FastestRun(seconds, [&] {
-        kernels::GemmF32(x.data(), weights_f32.data(), y.data(), m, n, k);
-      });
-      cases.push_back(CaseJson("fp32", shape, m, run_seconds, machine.fp32_gflops.all_threads,
-                               4.0 * n * k, machine));
+    }
+
+    for (std::vector<nlohmann::json>& row : results) {
+      for (nlohmann::json& entry : row) cases.push_back(std::move(entry));
     }
   }
   return cases;

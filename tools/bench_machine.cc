@@ -29,8 +29,8 @@ constexpr int64_t kGiB = int64_t{1} << 30;
 
 // Bytes that one read-loop iteration loads from each stream: four 64-byte loads.
 constexpr int64_t kBytesPerStreamStep = 256;
-// How far ahead of each stream the software-prefetch patterns prefetch. 2 KiB is 8 loop
-// iterations, far enough to cover DRAM latency at the per-core rates of current servers.
+// How far ahead of each stream the software-prefetch patterns prefetch: 8 loop iterations.
+// NOTE: the distance is a fixed choice, not tuned per CPU.
 constexpr int64_t kPrefetchDistance = 2048;
 constexpr int kStreamCounts[] = {1, 2, 4};
 
@@ -85,7 +85,9 @@ void ReadSlice(const ReadPattern& pattern, const uint8_t* data, int64_t bytes) {
 }
 
 // A 64-byte-aligned buffer of DramResidentBytes() whose pages are touched, so that reads
-// measure DRAM and not page faults. Owned by one measurement; freed on destruction.
+// measure DRAM and not page faults. Like the model's weight buffers, it does not ask for
+// transparent huge pages, so that the ceiling is one that weight reads can reach. Owned by one
+// measurement; freed on destruction.
 class ReadBuffer {
  public:
   ReadBuffer() : bytes_(DramResidentBytes()), data_(nullptr, &std::free) {
@@ -113,7 +115,14 @@ class ReadBuffer {
     const uint8_t* data = data_.get();
     const double seconds = TimeOnce([&] {
 #pragma omp parallel num_threads(pattern.threads)
-      ReadSlice(pattern, data + omp_get_thread_num() * slice, slice);
+      {
+        // OpenMP may start fewer threads than requested (OMP_THREAD_LIMIT, OMP_DYNAMIC), and
+        // then some threads read more than one slice.
+        for (int part = omp_get_thread_num(); part < pattern.threads;
+             part += omp_get_num_threads()) {
+          ReadSlice(pattern, data + part * slice, slice);
+        }
+      }
     });
     return seconds > 0 ? static_cast<double>(slice) * pattern.threads / seconds * 1e-9 : 0.0;
   }
@@ -165,9 +174,10 @@ ReadResult BestOf(const std::vector<ReadResult>& results, Accept accept) {
 // ---------------------------------------------------------------------------------------------
 // Compute probes.
 
-// vpdpbusd has a latency of about 5 cycles and two issue ports on current Intel server cores,
-// so at least 10 independent chains are needed to keep both ports busy. kChains = 24 leaves a
-// margin, and the half-chain probe (12) shows whether the full probe is latency-bound.
+// On the Xeon (AVX-512 VNNI, AMX) these probes were written on, one thread ran 4 vpdpbusd
+// chains at 0.37 of its peak and 12 chains at the peak, which fits a latency of about 5 cycles
+// at 2 instructions per cycle, so at least 10 chains are needed. kChains = 24 leaves a margin,
+// and the half-chain probe (12) shows on each run whether the full probe is latency-bound.
 constexpr int kChains = 24;
 constexpr int kHalfChains = 12;
 constexpr int64_t kComputeIterations = int64_t{1} << 17;

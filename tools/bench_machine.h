@@ -41,8 +41,7 @@ struct MachineCeilings {
   int64_t buffer_bytes = 0;      // Size of the read buffer: DramResidentBytes(), 0 if not allocated.
   int64_t l3_bytes = 0;          // Last-level cache size as LastLevelCacheBytes() reads it.
   // Best GB/s over every read pattern. "all_threads" is the best of omp_get_max_threads()
-  // threads and of twice as many, because on some virtual machines more software threads
-  // than cores read faster.
+  // threads and of twice as many, whichever reads faster.
   Ceiling read_gbs;
   ReadPattern read_best_one_thread;   // The pattern that gave read_gbs.one_thread.
   ReadPattern read_best_all_threads;  // The pattern that gave read_gbs.all_threads.

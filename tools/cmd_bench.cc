@@ -40,14 +40,33 @@ nlohmann::json CeilingJson(const Ceiling& ceiling) {
   return {{"one_thread", ceiling.one_thread}, {"all_threads", ceiling.all_threads}};
 }
 
+nlohmann::json PatternJson(const ReadPattern& pattern) {
+  return {{"threads", pattern.threads},
+          {"streams", pattern.streams},
+          {"prefetch", pattern.prefetch}};
+}
+
 nlohmann::json MachineJson(const MachineCeilings& machine) {
+  nlohmann::json read_patterns = nlohmann::json::array();
+  for (const ReadResult& result : machine.read_results) {
+    nlohmann::json entry = PatternJson(result.pattern);
+    entry["gbs"] = result.gbs;
+    read_patterns.push_back(std::move(entry));
+  }
   return {{"threads", machine.threads},
           {"isa", std::string(kernels::IsaName(kernels::ActiveIsa()))},
           {"avx512_probes", machine.avx512},
           {"buffer_bytes", machine.buffer_bytes},
+          {"l3_bytes", machine.l3_bytes},
           {"read_gbs", CeilingJson(machine.read_gbs)},
+          {"read_best", {{"one_thread", PatternJson(machine.read_best_one_thread)},
+                         {"all_threads", PatternJson(machine.read_best_all_threads)}}},
+          {"read_rounds", machine.read_rounds},
+          {"read_patterns", read_patterns},
           {"int8_gops", CeilingJson(machine.int8_gops)},
-          {"fp32_gflops", CeilingJson(machine.fp32_gflops)}};
+          {"fp32_gflops", CeilingJson(machine.fp32_gflops)},
+          {"compute_chains", machine.compute_chains},
+          {"int8_half_chains_gops", machine.int8_half_chains_gops}};
 }
 
 // A JSON number, or 0 when the field is missing (fractions are left out without the probes).
@@ -55,22 +74,48 @@ double Number(const nlohmann::json& object, const char* key) {
   return object.contains(key) && object[key].is_number() ? object[key].get<double>() : 0.0;
 }
 
-void PrintMachine(const MachineCeilings& machine) {
-  std::printf("machine (%d threads, best run)      1 thread   all threads\n", machine.threads);
+void PrintMachine(const std::string& title, const MachineCeilings& machine) {
+  std::printf("%s (%d threads, best run)   1 thread   all threads\n", title.c_str(),
+              machine.threads);
   std::printf("  read bandwidth, GB/s         %10.1f %12.1f\n", machine.read_gbs.one_thread,
               machine.read_gbs.all_threads);
   std::printf("  int8 vpdpbusd peak, GOPS     %10.1f %12.1f\n", machine.int8_gops.one_thread,
               machine.int8_gops.all_threads);
   std::printf("  fp32 FMA peak, GFLOPS        %10.1f %12.1f\n", machine.fp32_gflops.one_thread,
               machine.fp32_gflops.all_threads);
-  if (!machine.avx512) std::printf("  (no AVX-512 VNNI on this CPU: ceilings not measured)\n");
+  if (!machine.avx512) {
+    std::printf("  (no AVX-512 VNNI on this CPU: ceilings not measured)\n");
+    return;
+  }
+  std::printf("  read: best of %d rounds over %lld MiB (L3 %lld MiB); 1 thread: %s; "
+              "all threads: %s\n",
+              machine.read_rounds, static_cast<long long>(machine.buffer_bytes >> 20),
+              static_cast<long long>(machine.l3_bytes >> 20),
+              machine.read_best_one_thread.Describe().c_str(),
+              machine.read_best_all_threads.Describe().c_str());
+  std::printf("  read patterns, GB/s:");
+  int column = 0;
+  for (const ReadResult& result : machine.read_results) {
+    std::printf("%s%-32s %5.1f", column % 2 == 0 ? "\n    " : "   ",
+                result.pattern.Describe().c_str(), result.gbs);
+    ++column;
+  }
+  std::printf("\n");
+  const double half_ratio = machine.int8_gops.one_thread > 0
+                                ? machine.int8_half_chains_gops / machine.int8_gops.one_thread
+                                : 0.0;
+  std::printf("  int8 and fp32 peaks: %d accumulator chains; int8 with %d chains on 1 thread: "
+              "%.1f GOPS (%.2f of %d chains)\n",
+              machine.compute_chains, machine.compute_chains / 2, machine.int8_half_chains_gops,
+              half_ratio, machine.compute_chains);
 }
 
 void PrintKernels(const nlohmann::json& cases) {
   std::printf("\nkernels (fastest run; peak: int8 or fp32 all-thread peak; bandwidth: weight "
-              "bytes / read bandwidth / time)\n");
-  std::printf("  %-20s %-12s %5s %10s %8s %8s %10s\n", "kernel", "shape", "m", "time us", "GOPS",
-              "peak", "bandwidth");
+              "bytes / read bandwidth / time; weights: DRAM when the copies cycled through are "
+              "at least 2 x L3, else cache)\n");
+  std::printf("  %-20s %-12s %5s %10s %8s %8s %10s %8s\n", "kernel", "shape", "m", "time us",
+              "GOPS", "peak", "bandwidth", "weights");
   for (const nlohmann::json& entry : cases) {
     std::string bandwidth = "";
     if (entry.contains("bandwidth_fraction")) {
@@ -78,12 +123,13 @@ void PrintKernels(const nlohmann::json& cases) {
       std::snprintf(text, sizeof(text), "%.2f", entry["bandwidth_fraction"].get<double>());
       bandwidth = text;
     }
-    std::printf("  %-20s %-12s %5lld %10.1f %8.1f %8.3f %10s\n",
+    const bool dram = entry.contains("dram_resident") && entry["dram_resident"].get<bool>();
+    std::printf("  %-20s %-12s %5lld %10.1f %8.1f %8.3f %10s %8s\n",
                 entry["kernel"].get<std::string>().c_str(),
                 entry["shape"].get<std::string>().c_str(),
                 static_cast<long long>(entry["m"].get<int64_t>()),
                 entry["seconds"].get<double>() * 1e6, entry["gops"].get<double>(),
-                Number(entry, "peak_fraction"), bandwidth.c_str());
+                Number(entry, "peak_fraction"), bandwidth.c_str(), dram ? "DRAM" : "cache");
   }
 }
 
@@ -182,7 +228,7 @@ int RunBench(const std::vector<std::string>& args) {
   if (!engine_only) {
     report["seconds"] = seconds;
     report["machine"] = MachineJson(machine);
-    if (!json) PrintMachine(machine);
+    if (!json) PrintMachine("machine at the start", machine);
   }
   if (suites.contains("kernels")) {
     absl::StatusOr<nlohmann::json> cases = RunKernelSuite(machine, seconds);
@@ -210,6 +256,16 @@ int RunBench(const std::vector<std::string>& args) {
     if (!engine.ok()) return Fail(std::string(engine.status().message()));
     report["engine"] = *engine;
     if (!json) PrintEngine(*engine);
+  }
+  // The ceilings again, so that a reader sees whether the load on the machine changed while
+  // the suites ran. Fractions above are stated against the ceilings from the start.
+  if (!engine_only) {
+    const MachineCeilings machine_end = MeasureMachine(seconds);
+    report["machine_end"] = MachineJson(machine_end);
+    if (!json) {
+      std::printf("\n");
+      PrintMachine("machine at the end", machine_end);
+    }
   }
   if (json) std::printf("%s\n", report.dump(2).c_str());
   return 0;

@@ -2,6 +2,7 @@
 // timing is asserted, because the machine running the tests may be loaded.
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdio>
 #include <filesystem>
@@ -60,6 +61,33 @@ void ExpectMachineFields(const nlohmann::json& machine) {
     EXPECT_GT(Number(machine[ceiling], "one_thread"), 0.0) << ceiling;
     EXPECT_GT(Number(machine[ceiling], "all_threads"), 0.0) << ceiling;
   }
+  EXPECT_GE(Number(machine, "buffer_bytes"), 512.0 * (1 << 20));
+  EXPECT_GE(Number(machine, "read_rounds"), 2.0);
+  EXPECT_GE(Number(machine, "compute_chains"), 10.0);
+  EXPECT_GT(Number(machine, "int8_half_chains_gops"), 0.0);
+}
+
+// The read ceilings are the best of the patterns listed beside them, and each names a pattern
+// that was tried.
+void ExpectReadPatternsConsistent(const nlohmann::json& machine) {
+  if (!machine["avx512_probes"].get<bool>()) return;
+  const int threads = machine["threads"].get<int>();
+  const nlohmann::json& patterns = machine["read_patterns"];
+  // 3 stream counts x prefetch off and on, for 1 thread, `threads` (when above 1) and twice
+  // as many.
+  ASSERT_EQ(patterns.size(), threads > 1 ? 18u : 12u);
+  double best_one = 0.0, best_all = 0.0;
+  for (const nlohmann::json& pattern : patterns) {
+    const int pattern_threads = pattern["threads"].get<int>();
+    EXPECT_GT(Number(pattern, "gbs"), 0.0) << pattern.dump();
+    EXPECT_THAT(pattern["streams"].get<int>(), ::testing::AnyOf(1, 2, 4)) << pattern.dump();
+    if (pattern_threads == 1) best_one = std::max(best_one, Number(pattern, "gbs"));
+    if (pattern_threads >= threads) best_all = std::max(best_all, Number(pattern, "gbs"));
+  }
+  EXPECT_DOUBLE_EQ(Number(machine["read_gbs"], "one_thread"), best_one);
+  EXPECT_DOUBLE_EQ(Number(machine["read_gbs"], "all_threads"), best_all);
+  EXPECT_EQ(machine["read_best"]["one_thread"]["threads"].get<int>(), 1);
+  EXPECT_GE(machine["read_best"]["all_threads"]["threads"].get<int>(), threads);
 }
 
 TEST_F(BenchCli, MachineAndKernelsJson) {
@@ -70,7 +98,12 @@ TEST_F(BenchCli, MachineAndKernelsJson) {
   ASSERT_FALSE(report.is_discarded()) << result.output;
   ASSERT_TRUE(report.contains("machine"));
   ExpectMachineFields(report["machine"]);
+  ExpectReadPatternsConsistent(report["machine"]);
+  ASSERT_TRUE(report.contains("machine_end"));
+  ExpectMachineFields(report["machine_end"]);
+  ExpectReadPatternsConsistent(report["machine_end"]);
   const bool probes = report["machine"]["avx512_probes"].get<bool>();
+  const double l3_bytes = Number(report["machine"], "l3_bytes");
 
   ASSERT_TRUE(report.contains("kernels"));
   // 4 shapes x 5 row counts x 3 kernels.
@@ -79,6 +112,15 @@ TEST_F(BenchCli, MachineAndKernelsJson) {
     const std::string label = entry.dump();
     EXPECT_GT(Number(entry, "gops"), 0.0) << label;
     EXPECT_GT(Number(entry, "seconds"), 0.0) << label;
+    // The kernels cycle through copies of the weights. A tiny --seconds uses fewer copies.
+    EXPECT_GE(Number(entry, "weight_copies"), 1.0) << label;
+    EXPECT_DOUBLE_EQ(Number(entry, "rotation_bytes"),
+                     Number(entry, "weight_copies") * Number(entry, "weight_bytes"))
+        << label;
+    ASSERT_TRUE(entry.contains("dram_resident") && entry["dram_resident"].is_boolean()) << label;
+    EXPECT_EQ(entry["dram_resident"].get<bool>(),
+              l3_bytes > 0 && Number(entry, "rotation_bytes") >= 2 * l3_bytes)
+        << label;
     if (!probes) continue;
     EXPECT_GT(Number(entry, "peak_fraction"), 0.0) << label;
     if (entry["m"].get<int64_t>() <= 16) {
@@ -88,6 +130,18 @@ TEST_F(BenchCli, MachineAndKernelsJson) {
     }
   }
   EXPECT_FALSE(report.contains("model"));
+}
+
+TEST_F(BenchCli, MachineTablePrintsBothMeasurements) {
+  const CommandResult result = RunTool("bench --suite machine --seconds 0.05", false);
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  EXPECT_THAT(result.output, HasSubstr("machine at the start"));
+  EXPECT_THAT(result.output, HasSubstr("machine at the end"));
+  EXPECT_THAT(result.output, ::testing::Not(HasSubstr("kernels (")));
+  if (result.output.find("ceilings not measured") == std::string::npos) {
+    EXPECT_THAT(result.output, HasSubstr("read patterns, GB/s"));
+    EXPECT_THAT(result.output, HasSubstr("2 streams, prefetch"));
+  }
 }
 
 TEST_F(BenchCli, ModelSuiteOnStories260K) {
