@@ -16,7 +16,6 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
 #include "core/bpe_tokenizer.h"
 #include "core/sentencepiece_model.pb.h"
 #include "core/status_macros.h"
@@ -128,12 +127,11 @@ std::optional<int32_t> FindToken(const std::vector<std::string>& tokens, const s
 
 // Fills the vocabulary up to the model's embedding rows with "[PAD<id>]" user-defined tokens,
 // as llama.cpp's converter does, because llama.cpp requires one token per embedding row.
-absl::Status PadVocabulary(GgufTokenizerData& data, int64_t vocab_size,
-                           const std::string& source) {
+absl::Status PadVocabulary(GgufTokenizerData& data, int64_t vocab_size, const std::string& source) {
   if (static_cast<int64_t>(data.tokens.size()) > vocab_size) {
     return absl::InvalidArgumentError(absl::StrCat(
-        source, " has ", data.tokens.size(), " tokens, but the model's vocab_size is ",
-        vocab_size, "; llama.cpp needs one embedding row per token, so use the tokenizer that "
+        source, " has ", data.tokens.size(), " tokens, but the model's vocab_size is ", vocab_size,
+        "; llama.cpp needs one embedding row per token, so use the tokenizer that "
         "belongs to this model"));
   }
   for (int64_t id = static_cast<int64_t>(data.tokens.size()); id < vocab_size; ++id) {
@@ -186,8 +184,8 @@ std::string SplitPattern(const nlohmann::json& node) {
   if (node.is_object()) {
     const auto type = node.find("type");
     const auto pattern = node.find("pattern");
-    if (type != node.end() && *type == "Split" && pattern != node.end() &&
-        pattern->is_object() && pattern->contains("Regex") && (*pattern)["Regex"].is_string()) {
+    if (type != node.end() && *type == "Split" && pattern != node.end() && pattern->is_object() &&
+        pattern->contains("Regex") && (*pattern)["Regex"].is_string()) {
       return (*pattern)["Regex"].get<std::string>();
     }
   }
@@ -210,11 +208,12 @@ absl::StatusOr<GgufTokenizerData> ByteLevelBpeData(const std::filesystem::path& 
   if (pattern == kLlama3SplitPattern) {
     data.pre = "llama-bpe";
   } else {
-    // NOTE: llama.cpp identifies other pre-tokenizers by hashing their output on a test text,
-    // which this exporter does not do; "default" is GPT-2's split, right only for GPT-2 itself.
-    spdlog::warn("{}: the pre-tokenizer split pattern is not Llama 3's; writing "
-                 "tokenizer.ggml.pre \"default\" (GPT-2's), which may tokenize differently",
-                 source);
+    // NOTE: llama.cpp identifies other pre-tokenizers by hashing their output on a test
+    // text, which this exporter does not do. "default" is GPT-2's split, right only for GPT-2.
+    spdlog::warn(
+        "{}: the pre-tokenizer split pattern is not Llama 3's; writing "
+        "tokenizer.ggml.pre \"default\" (GPT-2's), which may tokenize differently",
+        source);
     data.pre = "default";
   }
 
@@ -265,9 +264,9 @@ absl::StatusOr<GgufTokenizerData> ByteLevelBpeData(const std::filesystem::path& 
         data.merges.push_back(
             absl::StrCat(merge[0].get<std::string>(), " ", merge[1].get<std::string>()));
       } else {
-        return absl::InvalidArgumentError(absl::StrCat(
-            source, ": model.merges entry ", merge.dump(),
-            " must be a string \"a b\" or an array of two strings"));
+        return absl::InvalidArgumentError(
+            absl::StrCat(source, ": model.merges entry ", merge.dump(),
+                         " must be a string \"a b\" or an array of two strings"));
       }
     }
   }
@@ -282,9 +281,10 @@ absl::StatusOr<GgufTokenizerData> SentencePieceData(const std::filesystem::path&
   }
   sentencepiece::ModelProto proto;
   if (!proto.ParseFromIstream(&in)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        path.string(), " is not a SentencePiece model protobuf; export needs the "
-        "tokenizer.model that belongs to the checkpoint"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(path.string(),
+                     " is not a SentencePiece model protobuf; export needs the "
+                     "tokenizer.model that belongs to the checkpoint"));
   }
   GgufTokenizerData data;
   data.model = "llama";
@@ -326,7 +326,8 @@ absl::StatusOr<GgufTokenizerData> TokenizerDataOf(const Checkpoint& source) {
     } else {
       // LLaMA 2 ships a SentencePiece-style tokenizer.json that only the tokenizer.model
       // beside it describes completely.
-      const std::filesystem::path model = tokenizer.tokenizer_json->parent_path() / "tokenizer.model";
+      const std::filesystem::path model =
+          tokenizer.tokenizer_json->parent_path() / "tokenizer.model";
       std::error_code error;
       if (!std::filesystem::is_regular_file(model, error)) {
         return absl::UnimplementedError(absl::StrCat(
@@ -342,15 +343,15 @@ absl::StatusOr<GgufTokenizerData> TokenizerDataOf(const Checkpoint& source) {
     have_data = true;
   }
   if (!have_data) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        source.path().string(), " has no tokenizer, and llama.cpp needs one in the GGUF file: "
-        "add tokenizer.json or tokenizer.model beside config.json"));
+    return absl::FailedPreconditionError(
+        absl::StrCat(source.path().string(),
+                     " has no tokenizer, and llama.cpp needs one in the GGUF file: "
+                     "add tokenizer.json or tokenizer.model beside config.json"));
   }
 
   RETURN_IF_ERROR(PadVocabulary(data, config.vocab_size, source.path().string()));
-  const std::filesystem::path dir = std::filesystem::is_directory(source.path())
-                                        ? source.path()
-                                        : source.path().parent_path();
+  const std::filesystem::path dir =
+      std::filesystem::is_directory(source.path()) ? source.path() : source.path().parent_path();
   ASSIGN_OR_RETURN(const nlohmann::json tokenizer_config, ReadTokenizerConfig(dir));
   ApplyTokenizerConfig(tokenizer_config, config, data);
   return data;
@@ -402,7 +403,7 @@ struct PlannedTensor {
   std::vector<int64_t> shape;  // Row-major.
   int64_t rotary_heads = 0;    // Heads to permute into llama.cpp's rotary layout; 0: none.
   uint64_t bytes = 0;
-  uint64_t offset = 0;         // From the start of the data section.
+  uint64_t offset = 0;  // From the start of the data section.
 };
 
 uint64_t AlignUp(uint64_t value) { return (value + kAlignment - 1) / kAlignment * kAlignment; }
@@ -430,8 +431,8 @@ absl::StatusOr<std::vector<PlannedTensor>> PlanTensors(const Checkpoint& source,
   const bool has_rope_factors =
       config.rope_scaling.has_value() || source.rope_frequency_factors().has_value();
   if (has_rope_factors) {
-    plan.push_back({"rope_freqs.weight", "rope_freqs.weight", DType::kF32,
-                    {config.head_dim / 2}, 0, 0, 0});
+    plan.push_back(
+        {"rope_freqs.weight", "rope_freqs.weight", DType::kF32, {config.head_dim / 2}, 0, 0, 0});
   }
   for (const std::string& name : names) {
     ASSIGN_OR_RETURN(const TensorView view, source.Tensor(name));
@@ -448,16 +449,17 @@ absl::StatusOr<std::vector<PlannedTensor>> PlanTensors(const Checkpoint& source,
     } else if (tensor.shape.size() == 2) {
       tensor.dtype = DTypeOf(out_type);
       if (out_type == GgufOutType::kQ8_0 && tensor.shape[1] % kQ8_0BlockSize != 0) {
-        spdlog::info("{}: rows of {} values are not a multiple of {}, so this tensor is "
-                     "written as F16 instead of Q8_0",
-                     tensor.gguf_name, tensor.shape[1], kQ8_0BlockSize);
+        spdlog::info(
+            "{}: rows of {} values are not a multiple of {}, so this tensor is "
+            "written as F16 instead of Q8_0",
+            tensor.gguf_name, tensor.shape[1], kQ8_0BlockSize);
         tensor.dtype = DType::kF16;
         summary.q8_0_fallbacks.push_back(tensor.gguf_name);
       }
     } else {
-      return absl::InvalidArgumentError(absl::StrCat(
-          source.path().string(), ": tensor '", name, "' has rank ", tensor.shape.size(),
-          "; LLaMA weights are 1-D or 2-D"));
+      return absl::InvalidArgumentError(absl::StrCat(source.path().string(), ": tensor '", name,
+                                                     "' has rank ", tensor.shape.size(),
+                                                     "; LLaMA weights are 1-D or 2-D"));
     }
     if (absl::EndsWith(name, ".self_attn.q_proj.weight")) {
       tensor.rotary_heads = config.num_attention_heads;
@@ -514,9 +516,9 @@ absl::Status EncodeRows(std::span<const float> values, int64_t columns, DType dt
   const auto rows = static_cast<int64_t>(values.size()) / columns;
   for (float value : values) {
     if (!std::isfinite(value)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "tensor '", name, "' contains the value ", value,
-          "; GGUF export needs finite weights, so check the source checkpoint"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor '", name, "' contains the value ", value,
+                       "; GGUF export needs finite weights, so check the source checkpoint"));
     }
   }
   if (dtype == DType::kQ8_0) {
@@ -524,9 +526,9 @@ absl::Status EncodeRows(std::span<const float> values, int64_t columns, DType dt
     constexpr float kQ8_0Max = 65504.0f * 127.0f;
     for (float value : values) {
       if (std::fabs(value) > kQ8_0Max) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "tensor '", name, "' has the value ", value, ", beyond Q8_0's range of +-",
-            kQ8_0Max, "; export with --outtype bf16 or f32"));
+        return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' has the value ", value,
+                                                       ", beyond Q8_0's range of +-", kQ8_0Max,
+                                                       "; export with --outtype bf16 or f32"));
       }
     }
   }
@@ -551,9 +553,10 @@ absl::Status EncodeRows(std::span<const float> values, int64_t columns, DType dt
         }
       }
       if (overflow) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "tensor '", name, "' has values beyond F16's range of +-65504; export with "
-            "--outtype bf16 or f32"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("tensor '", name,
+                         "' has values beyond F16's range of +-65504; export with "
+                         "--outtype bf16 or f32"));
       }
       return absl::OkStatus();
     }
@@ -563,14 +566,15 @@ absl::Status EncodeRows(std::span<const float> values, int64_t columns, DType dt
       auto* blocks = reinterpret_cast<std::byte*>(out.data() + start);
 #pragma omp parallel for schedule(static)
       for (int64_t row = 0; row < rows; ++row) {
-        QuantizeQ8_0(values.subspan(static_cast<size_t>(row * columns), static_cast<size_t>(columns)),
-                     std::span<std::byte>(blocks + static_cast<size_t>(row) * row_bytes, row_bytes));
+        QuantizeQ8_0(
+            values.subspan(static_cast<size_t>(row * columns), static_cast<size_t>(columns)),
+            std::span<std::byte>(blocks + static_cast<size_t>(row) * row_bytes, row_bytes));
       }
       return absl::OkStatus();
     }
     default:
-      return absl::InternalError(absl::StrCat("tensor '", name, "': cannot encode as ",
-                                              std::string(DTypeName(dtype))));
+      return absl::InternalError(
+          absl::StrCat("tensor '", name, "': cannot encode as ", std::string(DTypeName(dtype))));
   }
 }
 
@@ -698,8 +702,9 @@ absl::StatusOr<GgufOutType> ParseGgufOutType(std::string_view name) {
        {GgufOutType::kF32, GgufOutType::kF16, GgufOutType::kBF16, GgufOutType::kQ8_0}) {
     if (name == GgufOutTypeName(type)) return type;
   }
-  return absl::InvalidArgumentError(absl::StrCat(
-      "output type '", std::string(name), "' is not supported; valid types are f32, f16, bf16 and q8_0"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("output type '", std::string(name),
+                   "' is not supported; valid types are f32, f16, bf16 and q8_0"));
 }
 
 void QuantizeQ8_0(std::span<const float> values, std::span<std::byte> out) {
@@ -754,9 +759,10 @@ absl::StatusOr<GgufExportSummary> ExportGguf(const Checkpoint& source,
                                              const std::filesystem::path& out,
                                              const GgufExportOptions& options) {
   if (source.quantization_config().has_value()) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        source.path().string(), " is a quantized (compressed-tensors) checkpoint; export the "
-        "unquantized checkpoint it was made from"));
+    return absl::FailedPreconditionError(
+        absl::StrCat(source.path().string(),
+                     " is a quantized (compressed-tensors) checkpoint; export the "
+                     "unquantized checkpoint it was made from"));
   }
   const ModelConfig& config = source.config();
   if (absl::Status status = config.Validate(); !status.ok()) {
@@ -797,15 +803,14 @@ absl::StatusOr<GgufExportSummary> ExportGguf(const Checkpoint& source,
   }
   file.close();
   if (!file) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "failed to write ", temporary.path().string(), " after ", written,
-        " bytes; check free disk space"));
+    return absl::ResourceExhaustedError(absl::StrCat("failed to write ", temporary.path().string(),
+                                                     " after ", written,
+                                                     " bytes; check free disk space"));
   }
   std::filesystem::rename(temporary.path(), out, error);
   if (error) {
     return absl::PermissionDeniedError(absl::StrCat("cannot rename ", temporary.path().string(),
-                                                    " to ", out.string(), ": ",
-                                                    error.message()));
+                                                    " to ", out.string(), ": ", error.message()));
   }
   temporary.Release();
   summary.tensor_count = static_cast<int64_t>(plan.size());

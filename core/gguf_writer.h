@@ -39,20 +39,22 @@ struct GgufExportSummary {
 };
 
 // Writes `source` as a GGUF file at `out`. Tensors are converted and written one at a time,
-// so memory use stays near the size of the largest q_proj/k_proj weight plus a few MiB,
-// whatever the model size. The file is written under a temporary name in the same directory
-// and renamed to `out` only when complete; on failure the temporary file is removed and `out`
-// is left as it was. Fails when the source has no tokenizer, an F16 export would overflow
-// (|x| > 65504), or a weight is not finite. Blocks; uses OpenMP worker threads.
+// so the memory allocated stays near three FP32 copies of the largest q_proj/k_proj weight
+// plus the tokenizer metadata, whatever the model size. Mapped source pages come on top, and
+// a GGUF source also caches the q_proj/k_proj weights it converted. The file is written
+// under a temporary name in the same directory and renamed to `out` only when complete. On
+// failure the temporary file is removed and `out` is left as it was. Fails when the source
+// has no tokenizer or is quantized, when an F16 export would overflow (|x| > 65504), or when
+// a weight is not finite. Blocks; uses OpenMP worker threads.
 absl::StatusOr<GgufExportSummary> ExportGguf(const Checkpoint& source,
                                              const std::filesystem::path& out,
                                              const GgufExportOptions& options);
 
 // Encodes `values` (a multiple of 32, each |x| <= 65504 * 127) as Q8_0 blocks: per block an
 // FP16 scale d, the block's max |x| / 127 rounded up to FP16, then 32 int8 q = round(x / d).
-// Quantizing with the stored scale keeps every decoded q * d within d / 2 of x; llama.cpp
-// rounds d to nearest and quantizes with the unrounded value, so its blocks can differ by
-// one step in q. `out` holds values.size() / 32 * 34 bytes.
+// Quantizing with the stored scale keeps every decoded q * d within d / 2 of x. llama.cpp
+// rounds d to nearest and quantizes with the unrounded value, so its blocks can differ from
+// these by one step in q. `out` holds values.size() / 32 * 34 bytes.
 void QuantizeQ8_0(std::span<const float> values, std::span<std::byte> out);
 
 // The llama.cpp per-frequency rotary divisors ([head_dim / 2]) of Llama 3 rope scaling:

@@ -136,10 +136,39 @@ TEST_F(TinyLlama3, F16AndQ8_0ExportsGiveCloseLogits) {
   ASSERT_EQ(q8_0.size(), source.size());
   const double f16_error = MaxAbsDifference(source, f16) / scale;
   const double q8_0_error = MaxAbsDifference(source, q8_0) / scale;
-  std::printf("max |logit difference| / max |logit|: f16 %.3g, q8_0 %.3g\n", f16_error,
-              q8_0_error);
+  std::printf("max |logit difference| / max |logit|: f16 %.3g, q8_0 %.3g\n", f16_error, q8_0_error);
   EXPECT_LE(f16_error, 1e-3);
   EXPECT_LE(q8_0_error, 3e-2);
+}
+
+TEST_F(TinyLlama3, RopeFreqsReproduceStrongRopeScaling) {
+  // An original context of 64 positions scales most rotary frequencies of head_dim 16, so
+  // the logits of 7 positions depend on rope_freqs.weight well above rounding noise.
+  const std::filesystem::path dir = dir_->path() / "short-rope";
+  std::filesystem::create_directories(dir);
+  for (const auto& entry : std::filesystem::directory_iterator(source_dir())) {
+    std::filesystem::copy(entry.path(), dir / entry.path().filename());
+  }
+  nlohmann::json config = nlohmann::json::parse(testing::ReadFile(dir / "config.json"));
+  config["rope_scaling"] = {{"rope_type", "llama3"},
+                            {"factor", 32.0},
+                            {"low_freq_factor", 1.0},
+                            {"high_freq_factor", 4.0},
+                            {"original_max_position_embeddings", 64}};
+  testing::WriteFile(dir / "config.json", config.dump());
+  absl::StatusOr<std::unique_ptr<Checkpoint>> source = Checkpoint::Open(dir);
+  ASSERT_TRUE(source.ok()) << source.status();
+  GgufExportOptions options;
+  options.out_type = GgufOutType::kF32;
+  const absl::StatusOr<GgufExportSummary> summary =
+      ExportGguf(**source, dir_->path() / "short-rope.gguf", options);
+  ASSERT_TRUE(summary.ok()) << summary.status();
+
+  const std::vector<float> expected = Logits(dir);
+  const std::vector<float> exported = Logits(dir_->path() / "short-rope.gguf");
+  ASSERT_EQ(exported.size(), expected.size());
+  EXPECT_LE(MaxAbsDifference(expected, exported), 1e-6);
+  EXPECT_GT(MaxAbsDifference(expected, Logits(source_dir())), 1e-4);
 }
 
 TEST_F(TinyLlama3, F32ExportReadsBackTensorForTensor) {
@@ -278,7 +307,8 @@ TEST(QuantizeQ8_0Test, BlocksDecodeWithinHalfTheirScale) {
   for (size_t i = 0; i < values.size(); ++i) {
     // Blocks of widely different magnitudes, one all zero and one with a single outlier.
     const size_t block = i / 32;
-    values[i] = block == 5 ? 0.0f : normal(random) * std::pow(10.0f, static_cast<float>(block % 7) - 4);
+    values[i] =
+        block == 5 ? 0.0f : normal(random) * std::pow(10.0f, static_cast<float>(block % 7) - 4);
   }
   values[32 * 9 + 3] = 1000.0f;
   std::vector<std::byte> encoded(values.size() / 32 * 34);
@@ -343,8 +373,8 @@ class Stories260K : public ::testing::Test {
       for (const auto& [edit_name, index, value] : edits) {
         if (edit_name == name) buffers.back()[index] = value;
       }
-      tensors.push_back({name, DType::kF32, view->shape,
-                         std::as_bytes(std::span<const float>(buffers.back()))});
+      tensors.push_back(
+          {name, DType::kF32, view->shape, std::as_bytes(std::span<const float>(buffers.back()))});
     }
     ASSERT_TRUE(WriteSafetensors(out / "model.safetensors", tensors).ok());
   }
@@ -425,8 +455,7 @@ TEST_F(Stories260K, ReloadedTokenizerGivesTheSourceIds) {
   EXPECT_EQ((*exported)->Encode("Once upon a time", true, false),
             (std::vector<int32_t>{1, 403, 407, 261, 378}));
   for (const std::string& text : kTexts) {
-    EXPECT_EQ((*exported)->Encode(text, true, false), (*source)->Encode(text, true, false))
-        << text;
+    EXPECT_EQ((*exported)->Encode(text, true, false), (*source)->Encode(text, true, false)) << text;
   }
 }
 
@@ -523,8 +552,9 @@ class ExportGgufCommand : public ::testing::Test {
 
 TEST_F(ExportGgufCommand, WritesAFileThatLoads) {
   const std::filesystem::path out = dir_ / "stories-q8_0.gguf";
-  const CommandResult result = RunTool("export-gguf --model " + testing::Stories260KGguf().string() +
-                                       " --out " + out.string() + " --outtype q8_0");
+  const CommandResult result =
+      RunTool("export-gguf --model " + testing::Stories260KGguf().string() + " --out " +
+              out.string() + " --outtype q8_0");
   ASSERT_EQ(result.exit_code, 0) << result.output;
   EXPECT_THAT(result.output, HasSubstr("q8_0"));
   EXPECT_THAT(result.output, HasSubstr("blk.0.ffn_down.weight"));
