@@ -66,7 +66,8 @@ EOF
 }
 
 echo "machine: $(nproc) cores; $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')"
-echo "w8a8 commit: $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- core kernels tools || echo ' with uncommitted changes')"
+echo "w8a8 binary: $tool, built $(date -u -r "$tool" '+%Y-%m-%d %H:%M UTC')"
+echo "repository HEAD: $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- core kernels tools || echo ', with uncommitted changes in core, kernels or tools')"
 llama_commit
 echo "threads: $threads, OMP_WAIT_POLICY=$OMP_WAIT_POLICY, JSON reports in $out_dir"
 echo "load before: $(uptime)"

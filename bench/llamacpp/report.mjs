@@ -104,6 +104,15 @@ function main() {
     lines.push([name.padEnd(22), ...cells.map((cell) => cell.padStart(9))].join(" "));
   }
   lines.push("(tokens/s; decode N is the aggregate over N sequences, one decode step for all)");
+  for (const { name, report } of rows.slice(0, 2)) {
+    const split = report.decode.filter((entry) =>
+      entry.llama_decode_calls !== entry.generated_tokens || entry.mean_batch_tokens !== entry.sequences);
+    lines.push(split.length === 0
+      ? `${name}: every decode step was one llama_decode call over all sequences`
+      : `${name}: decode steps were split over more llama_decode calls for ` +
+        `${split.map((entry) => `${entry.sequences} sequences (${entry.llama_decode_calls} calls ` +
+          `for ${entry.generated_tokens} steps)`).join(", ")}`);
+  }
   lines.push("");
   lines.push("ratio".padEnd(44) + Object.keys(ratios).map((plan) => plan.padStart(12)).join(""));
   const ratioNames = [
