@@ -1,0 +1,172 @@
+#!/usr/bin/env bash
+# Compares serving through gRPC with the same work offline. For each concurrency and round it
+# starts w8a8-server on 127.0.0.1, runs `w8a8-client load` with ignore_eos and a fixed
+# max_tokens, stops the server, then runs `w8a8 bench --suite engine` (the same engine
+# in-process) with the same model, plan, threads, prompt, requests, max_tokens and
+# concurrency. Both processes start cold, so each side pays the same first-call costs. It
+# prints both reports, the ratio service / offline of generated tokens per second in every
+# round, and the ratio of the medians over the rounds.
+#
+# Usage: bench/service_vs_offline.sh [BUILD_DIR [MODEL]]
+#   BUILD_DIR  a build directory with w8a8, w8a8-server and w8a8-client (default: build)
+#   MODEL      a checkpoint directory or .gguf file
+#              (default: ../shared/models/stories260K/stories260K.gguf beside the source tree)
+# Environment: PLAN (per-channel), REQUESTS (64), MAX_TOKENS (64), CONCURRENCY ("1 4 8"),
+#   ROUNDS (3), THREADS (0: every core), PROMPT ("Once upon a time"), READY_SECONDS (600: the
+#   longest wait for the server to load the model), OUT (a directory that keeps the JSON
+#   reports).
+# It builds nothing.
+set -euo pipefail
+
+source_dir=$(cd "$(dirname "$0")/.." && pwd)
+build_dir=${1:-$source_dir/build}
+model=${2:-$(dirname "$source_dir")/shared/models/stories260K/stories260K.gguf}
+plan=${PLAN:-per-channel}
+requests=${REQUESTS:-64}
+max_tokens=${MAX_TOKENS:-64}
+concurrencies=${CONCURRENCY:-"1 4 8"}
+rounds=${ROUNDS:-3}
+threads=${THREADS:-0}
+prompt=${PROMPT:-Once upon a time}
+ready_seconds=${READY_SECONDS:-600}
+export OMP_WAIT_POLICY=passive
+
+server_bin=$build_dir/server/w8a8-server
+client_bin=$build_dir/client/w8a8-client
+tool_bin=$build_dir/tools/w8a8
+for binary in "$server_bin" "$client_bin" "$tool_bin"; do
+  if [[ ! -x $binary ]]; then
+    echo "missing $binary: build the w8a8, w8a8-server and w8a8-client targets in $build_dir" >&2
+    exit 2
+  fi
+done
+if [[ ! -e $model ]]; then
+  echo "model not found: $model" >&2
+  exit 2
+fi
+
+work=$(mktemp -d -t w8a8-service-bench.XXXXXX)
+out=${OUT:-$work}
+mkdir -p "$out"
+server_pid=""
+
+stop_server() {
+  if [[ -n $server_pid ]] && kill -0 "$server_pid" 2>/dev/null; then
+    kill -TERM "$server_pid" 2>/dev/null || true
+    # The server drains for at most --grace-period-seconds (set to 5 below).
+    for _ in $(seq 100); do
+      kill -0 "$server_pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -KILL "$server_pid" 2>/dev/null || true
+    wait "$server_pid" 2>/dev/null || true
+  fi
+  server_pid=""
+}
+
+cleanup() {
+  stop_server
+  if [[ -z ${OUT:-} ]]; then rm -rf "$work"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Starts the server with port 0 and reads the port it bound from its log, then waits until
+# health is SERVING. Sets server_pid and address.
+start_server() {
+  local log=$1
+  "$server_bin" --model "$model" --plan "$plan" --threads "$threads" --host 127.0.0.1 \
+    --port 0 --metrics-port -1 --admin-port -1 --grace-period-seconds 5 >"$log" 2>&1 &
+  server_pid=$!
+  local deadline=$((SECONDS + ready_seconds))
+  address=""
+  while true; do
+    if ! kill -0 "$server_pid" 2>/dev/null; then
+      echo "w8a8-server exited before it served; its log:" >&2
+      cat "$log" >&2
+      return 1
+    fi
+    if [[ -z $address ]]; then
+      address=$(sed -n 's/.*listening on \(127\.0\.0\.1:[0-9]*\) (gRPC.*/\1/p' "$log" | head -n 1)
+    fi
+    if [[ -n $address ]] &&
+        "$client_bin" health --address "$address" --timeout-seconds 2 >/dev/null 2>&1; then
+      return 0
+    fi
+    if ((SECONDS >= deadline)); then
+      echo "w8a8-server did not report SERVING within $ready_seconds s; its log:" >&2
+      cat "$log" >&2
+      return 1
+    fi
+    sleep 0.2
+  done
+}
+
+echo "model $model, plan $plan, threads $threads, $requests requests x $max_tokens tokens," \
+  "prompt '$prompt', $rounds rounds, OMP_WAIT_POLICY=$OMP_WAIT_POLICY"
+echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+expected=$((requests * max_tokens))
+for concurrency in $concurrencies; do
+  for round in $(seq "$rounds"); do
+    tag=c$concurrency-r$round
+    start_server "$work/server-$tag.log"
+    echo
+    echo "== concurrency $concurrency, round $round: gRPC service at $address" \
+      "(load average $(cut -d' ' -f1 /proc/loadavg))"
+    "$client_bin" load --address "$address" --prompt "$prompt" --max-tokens "$max_tokens" \
+      --ignore-eos --requests "$requests" --concurrency "$concurrency" --json \
+      >"$out/service-$tag.json"
+    stop_server
+    cat "$out/service-$tag.json"
+
+    echo "== concurrency $concurrency, round $round: offline engine" \
+      "(load average $(cut -d' ' -f1 /proc/loadavg))"
+    "$tool_bin" bench --suite engine --model "$model" --plan "$plan" --threads "$threads" \
+      --prompt "$prompt" --max-tokens "$max_tokens" --requests "$requests" \
+      --concurrency "$concurrency" --json >"$work/offline-report.json"
+    python3 -c 'import json, sys
+json.dump(json.load(open(sys.argv[1]))["engine"], open(sys.argv[2], "w"), indent=2)' \
+      "$work/offline-report.json" "$out/offline-$tag.json"
+    cat "$out/offline-$tag.json"
+    echo
+
+    for file in "$out/service-$tag.json" "$out/offline-$tag.json"; do
+      generated=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["generated_tokens"])' "$file")
+      if [[ $generated != "$expected" ]]; then
+        echo "$file: generated $generated tokens, expected $expected" >&2
+        exit 1
+      fi
+    done
+  done
+done
+
+echo
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
+python3 - "$out" "$rounds" $concurrencies <<'PYTHON'
+import json, statistics, sys
+
+out, rounds, concurrencies = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+print("service / offline; tok/s and p50 latencies are medians over the rounds")
+print("%11s  %13s  %13s  %6s  %-24s  %9s  %9s  %9s  %9s" % (
+    "concurrency", "service tok/s", "offline tok/s", "ratio", "ratio per round",
+    "TTFT svc", "TTFT off", "ITL svc", "ITL off"))
+for concurrency in concurrencies:
+    def load(side):
+        return [json.load(open("%s/%s-c%s-r%d.json" % (out, side, concurrency, r)))
+                for r in range(1, rounds + 1)]
+    service, offline = load("service"), load("offline")
+    def median(reports, key, field=None):
+        values = [r[key] if field is None else r[key][field] for r in reports]
+        return statistics.median(values)
+    service_rate = median(service, "tokens_per_second")
+    offline_rate = median(offline, "tokens_per_second")
+    per_round = " ".join("%.3f" % (s["tokens_per_second"] / o["tokens_per_second"])
+                         for s, o in zip(service, offline))
+    print("%11s  %13.1f  %13.1f  %6.3f  %-24s  %6.2f ms  %6.2f ms  %6.3f ms  %6.3f ms" % (
+        concurrency, service_rate, offline_rate, service_rate / offline_rate, per_round,
+        median(service, "time_to_first_token_seconds", "p50") * 1e3,
+        median(offline, "time_to_first_token_seconds", "p50") * 1e3,
+        median(service, "inter_token_latency_seconds", "p50") * 1e3,
+        median(offline, "inter_token_latency_seconds", "p50") * 1e3))
+PYTHON
+if [[ -n ${OUT:-} ]]; then echo "JSON reports in $out"; fi
