@@ -488,6 +488,7 @@ absl::StatusOr<LinearFactory> CompressedTensorsLinearFactory(const Checkpoint& c
                int64_t in_features) -> absl::StatusOr<std::unique_ptr<LinearLayer>> {
         const ConfigGroup* group = stored->Ignored(name) ? nullptr : stored->GroupFor(name);
         if (group == nullptr) {
+          if (IsSharedLmHead(checkpoint, name)) return std::unique_ptr<LinearLayer>();
           ASSIGN_OR_RETURN(const std::string tensor_name, WeightTensorName(checkpoint, name));
           ASSIGN_OR_RETURN(std::vector<float> weight,
                            checkpoint.LoadFloat32(tensor_name, {out_features, in_features}));

@@ -48,9 +48,15 @@ std::unique_ptr<LinearLayer> MakeFp32Linear(std::vector<float> weight, int64_t o
   return std::make_unique<Fp32Linear>(std::move(weight), out_features, in_features);
 }
 
+bool IsSharedLmHead(const Checkpoint& checkpoint, const std::string& name) {
+  return name == "lm_head" &&
+         (checkpoint.config().tie_word_embeddings || !checkpoint.HasTensor("lm_head.weight"));
+}
+
 LinearFactory Fp32LinearFactory() {
   return [](const Checkpoint& checkpoint, const std::string& name, int64_t out_features,
             int64_t in_features) -> absl::StatusOr<std::unique_ptr<LinearLayer>> {
+    if (IsSharedLmHead(checkpoint, name)) return std::unique_ptr<LinearLayer>();
     ASSIGN_OR_RETURN(std::vector<float> weight,
                      checkpoint.LoadFloat32(absl::StrCat(name, ".weight"),
                                             {out_features, in_features}));

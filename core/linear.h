@@ -42,12 +42,19 @@ std::unique_ptr<LinearLayer> MakeFp32Linear(std::vector<float> weight, int64_t o
 
 // Builds the linear layer `name` ("model.layers.0.self_attn.q_proj", without ".weight") of
 // shape [out_features, in_features] from a checkpoint. The model calls it once per layer, in
-// order, so a factory can stream from a memory-mapped source.
+// order, so a factory can stream from a memory-mapped source. For "lm_head" of a checkpoint
+// whose output projection is the embedding (tied, or no lm_head.weight), a factory that keeps
+// it in full precision returns nullptr: the model then reads its own FP32 embedding instead of
+// holding a second copy. A factory that quantizes it builds it from the embedding.
 using LinearFactory = std::function<absl::StatusOr<std::unique_ptr<LinearLayer>>(
     const Checkpoint& checkpoint, const std::string& name, int64_t out_features,
     int64_t in_features)>;
 
 // Loads the weight as FP32 and keeps it in full precision.
 LinearFactory Fp32LinearFactory();
+
+// Whether `name` is "lm_head" and the checkpoint has no lm_head.weight of its own, so that the
+// output projection is the embedding matrix.
+bool IsSharedLmHead(const Checkpoint& checkpoint, const std::string& name);
 
 }  // namespace w8a8

@@ -11,6 +11,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "core/linear.h"
 #include "core/status_macros.h"
 
 namespace w8a8 {
@@ -169,9 +170,10 @@ std::vector<std::string> LinearLayerNames(const Checkpoint& checkpoint, bool inc
       names.push_back(absl::StrCat("model.layers.", layer, ".", projection));
     }
   }
-  // A tied lm_head reuses the FP32 embedding inside the model, so it is never a separate layer.
-  if (include_lm_head && !checkpoint.config().tie_word_embeddings &&
-      checkpoint.HasTensor("lm_head.weight")) {
+  // A tied lm_head is quantized from the embedding matrix; the model keeps the FP32 embedding
+  // for token lookups.
+  if (include_lm_head && (checkpoint.HasTensor("lm_head.weight") ||
+                          checkpoint.HasTensor("model.embed_tokens.weight"))) {
     names.push_back("lm_head");
   }
   return names;
@@ -179,11 +181,9 @@ std::vector<std::string> LinearLayerNames(const Checkpoint& checkpoint, bool inc
 
 absl::StatusOr<std::string> WeightTensorName(const Checkpoint& checkpoint,
                                              const std::string& name) {
+  if (IsSharedLmHead(checkpoint, name)) return std::string("model.embed_tokens.weight");
   const std::string weight = name + ".weight";
   if (checkpoint.HasTensor(weight)) return weight;
-  if (name == "lm_head" && checkpoint.HasTensor("model.embed_tokens.weight")) {
-    return std::string("model.embed_tokens.weight");
-  }
   return absl::NotFoundError(absl::StrCat("tensor ", weight, " not found in ",
                                           checkpoint.path().string(),
                                           ": the checkpoint is not a complete LLaMA model"));

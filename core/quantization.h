@@ -149,8 +149,8 @@ struct QuantPlan {
 };
 
 // The names of the linear layers of `checkpoint` ("model.layers.0.self_attn.q_proj", ...) in
-// model order, plus "lm_head" when `include_lm_head` and the checkpoint has an untied
-// lm_head.weight (the model serves a tied lm_head from its FP32 embedding).
+// model order, plus "lm_head" when `include_lm_head`. A tied lm_head is quantized from the
+// embedding matrix; without it in the plan, the model serves it from its FP32 embedding.
 std::vector<std::string> LinearLayerNames(const Checkpoint& checkpoint, bool include_lm_head);
 
 // Returns the weight tensor name of layer `name`: "<name>.weight", or the embedding for a tied

@@ -182,9 +182,13 @@ LinearFactory LinearFactoryForQuantPlan(const QuantPlan& plan) {
   return [plan](const Checkpoint& checkpoint, const std::string& name, int64_t out_features,
                 int64_t in_features) -> absl::StatusOr<std::unique_ptr<LinearLayer>> {
     const LayerPlan* layer = plan.Find(name);
+    const bool full_precision = layer == nullptr || layer->scheme == WeightScheme::kFp;
+    if (full_precision && IsSharedLmHead(checkpoint, name)) {
+      return std::unique_ptr<LinearLayer>();
+    }
     ASSIGN_OR_RETURN(std::vector<float> weight,
                      LoadWeight(checkpoint, name, out_features, in_features));
-    if (layer == nullptr || layer->scheme == WeightScheme::kFp) {
+    if (full_precision) {
       return MakeFp32Linear(std::move(weight), out_features, in_features);
     }
     absl::StatusOr<QuantizedWeight> quantized =

@@ -3,16 +3,19 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <filesystem>
 #include <memory>
 #include <numeric>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_split.h"
 #include "core/checkpoint.h"
 #include "core/model.h"
 #include "core/quantization.h"
 #include "tools/bench_suites.h"
+#include "tools/flags.h"
 
 namespace w8a8::tools {
 namespace {
@@ -112,13 +115,14 @@ absl::StatusOr<double> MeanDecodeStep(const Model& model, int64_t sequences, dou
   return (omp_get_wtime() - start) / static_cast<double>(steps);
 }
 
-// Bytes of weights one decode step reads: every linear layer, the norms, and with tied
-// embeddings the FP32 embedding that serves as lm_head. An untied embedding is only looked up
-// row by row, so it is left out.
+// Bytes of weights one decode step reads: every linear layer, the norms, and the FP32
+// embedding when it serves as lm_head. An embedding that is not the lm_head (untied, or tied
+// but replaced by a quantized copy) is only looked up row by row, so it is left out.
 double DecodeBytesPerStep(const Model& model) {
   const ModelConfig& config = model.config();
   double bytes = static_cast<double>(model.weight_bytes());
-  if (!config.tie_word_embeddings) {
+  const bool head_reads_embedding = model.LinearLayers().back().weight_bytes == 0;
+  if (!head_reads_embedding) {
     bytes -= static_cast<double>(config.vocab_size * config.hidden_size) * sizeof(float);
   }
   return bytes;
@@ -184,36 +188,40 @@ double DecodeRate(const nlohmann::json& plan, int64_t sequences) {
   return 0.0;
 }
 
-// Ratios between plans and batch sizes; `plans` contains per-channel, auto and fp32 by name.
+// The key of a plan in the ratios: its name, or the stem of its file, with '-' as '_'.
+std::string RatioKey(const std::string& plan) {
+  std::string key = std::filesystem::path(plan).stem().string();
+  std::replace(key.begin(), key.end(), '-', '_');
+  return key;
+}
+
+// Ratios between plans and batch sizes: every plan over fp32 and over per-channel when those
+// ran, and 8-sequence over 1-sequence decode for every plan.
 nlohmann::json Ratios(const nlohmann::json& plans) {
-  auto find = [&](const std::string& name) -> const nlohmann::json& {
+  nlohmann::json ratios = nlohmann::json::object();
+  for (const char* base_name : {"fp32", "per-channel"}) {
+    const nlohmann::json* base = nullptr;
     for (const nlohmann::json& plan : plans) {
-      if (plan["plan"] == name) return plan;
+      if (plan["plan"] == base_name) base = &plan;
     }
-    return plans[0];
-  };
-  const nlohmann::json& fp32 = find("fp32");
-  const nlohmann::json& per_channel = find("per-channel");
-  const nlohmann::json& automatic = find("auto");
-  nlohmann::json ratios;
-  for (int64_t length : kPromptLengths) {
-    const std::string key = "prefill_" + std::to_string(length);
-    ratios[key]["per_channel_over_fp32"] =
-        PrefillRate(per_channel, length) / PrefillRate(fp32, length);
-    ratios[key]["auto_over_fp32"] = PrefillRate(automatic, length) / PrefillRate(fp32, length);
-    ratios[key]["auto_over_per_channel"] =
-        PrefillRate(automatic, length) / PrefillRate(per_channel, length);
+    if (base == nullptr) continue;
+    for (const nlohmann::json& plan : plans) {
+      if (&plan == base) continue;
+      const std::string name =
+          RatioKey(plan["plan"].get<std::string>()) + "_over_" + RatioKey(base_name);
+      for (int64_t length : kPromptLengths) {
+        ratios["prefill_" + std::to_string(length)][name] =
+            PrefillRate(plan, length) / PrefillRate(*base, length);
+      }
+      for (int64_t sequences : kDecodeBatchSizes) {
+        ratios["decode_" + std::to_string(sequences)][name] =
+            DecodeRate(plan, sequences) / DecodeRate(*base, sequences);
+      }
+    }
   }
-  for (const nlohmann::json* plan : {&per_channel, &automatic, &fp32}) {
-    ratios["decode_8_over_1"][(*plan)["plan"].get<std::string>()] =
-        DecodeRate(*plan, 8) / DecodeRate(*plan, 1);
-  }
-  for (int64_t sequences : kDecodeBatchSizes) {
-    const std::string key = "decode_" + std::to_string(sequences);
-    ratios[key]["per_channel_over_fp32"] =
-        DecodeRate(per_channel, sequences) / DecodeRate(fp32, sequences);
-    ratios[key]["auto_over_per_channel"] =
-        DecodeRate(automatic, sequences) / DecodeRate(per_channel, sequences);
+  for (const nlohmann::json& plan : plans) {
+    ratios["decode_8_over_1"][plan["plan"].get<std::string>()] =
+        DecodeRate(plan, 8) / DecodeRate(plan, 1);
   }
   return ratios;
 }
@@ -224,10 +232,17 @@ absl::StatusOr<nlohmann::json> RunModelSuite(const std::string& model_path,
                                              const MachineCeilings& machine, double seconds) {
   absl::StatusOr<std::unique_ptr<Checkpoint>> checkpoint = Checkpoint::Open(model_path);
   if (!checkpoint.ok()) return checkpoint.status();
+  const std::vector<std::string> plan_names =
+      absl::StrSplit(PlansOrDefault("per-channel,auto,fp32"), ',', absl::SkipEmpty());
+  if (plan_names.empty()) {
+    return absl::InvalidArgumentError(
+        "--plans names no plan: list fp32, per-channel, per-group, per-tensor, auto, or the "
+        "paths of plan or config files, separated by commas");
+  }
   nlohmann::json plans = nlohmann::json::array();
-  // fp32 runs last because it needs the most memory, so the peak resident figures of the
-  // int8 plans are not raised by it.
-  for (const char* plan : {"per-channel", "auto", "fp32"}) {
+  // By default fp32 runs last because it needs the most memory, so the peak resident figures
+  // of the int8 plans are not raised by it.
+  for (const std::string& plan : plan_names) {
     absl::StatusOr<nlohmann::json> result = BenchPlan(**checkpoint, plan, machine, seconds);
     if (!result.ok()) return result.status();
     plans.push_back(*std::move(result));

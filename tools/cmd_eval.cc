@@ -93,7 +93,7 @@ int RunEval(const std::vector<std::string>& args) {
   if (!fields.ok()) return Fail(fields.status());
 
   std::vector<PlanRun> runs;
-  for (absl::string_view name : absl::StrSplit(absl::GetFlag(FLAGS_plans), ',',
+  for (absl::string_view name : absl::StrSplit(PlansOrDefault("fp32,per-channel,per-group,auto"), ',',
                                               absl::SkipWhitespace())) {
     PlanRun run;
     run.name = std::string(name);

@@ -52,9 +52,11 @@ ABSL_FLAG(std::string, tokenizer, "",
 ABSL_FLAG(int64_t, max_shard_mb, 2048,
           "make-model splits weights into shards of at most this many MiB.");
 
-ABSL_FLAG(std::string, plans, "fp32,per-channel,per-group,auto",
-          "eval: comma-separated plans to compare (fp32, per-channel, per-group, per-tensor, "
-          "auto, or plan/config files); the first fp32 entry is the fidelity reference.");
+ABSL_FLAG(std::string, plans, "",
+          "eval and bench: comma-separated plans (fp32, per-channel, per-group, per-tensor, "
+          "auto, or plan/config files). eval compares them, by default "
+          "fp32,per-channel,per-group,auto, with the first fp32 entry as the fidelity "
+          "reference; the bench model suite measures them, by default per-channel,auto,fp32.");
 ABSL_FLAG(std::string, text, "", "eval: UTF-8 text file for perplexity and fidelity.");
 ABSL_FLAG(std::vector<std::string>, tasks, {},
           "eval: comma-separated multiple-choice JSONL files, one item per line.");
@@ -106,3 +108,12 @@ ABSL_FLAG(std::string, outtype, "f16",
           "export-gguf: element type of the 2-D weights: f32, f16, bf16 or q8_0 (blocks of 32 "
           "int8 values with an FP16 scale). The default f16 is that of llama.cpp's "
           "convert_hf_to_gguf.py. Norm weights are always F32.");
+
+namespace w8a8::tools {
+
+std::string PlansOrDefault(const std::string& fallback) {
+  const std::string plans = absl::GetFlag(FLAGS_plans);
+  return plans.empty() ? fallback : plans;
+}
+
+}  // namespace w8a8::tools

@@ -13,3 +13,12 @@ ABSL_DECLARE_FLAG(bool, json);
 ABSL_DECLARE_FLAG(uint64_t, seed);
 ABSL_DECLARE_FLAG(int32_t, threads);
 ABSL_DECLARE_FLAG(std::string, log_level);
+ABSL_DECLARE_FLAG(std::string, plans);
+
+namespace w8a8::tools {
+
+// The value of --plans, or `fallback` when it is empty: eval and bench default to different
+// lists.
+std::string PlansOrDefault(const std::string& fallback);
+
+}  // namespace w8a8::tools

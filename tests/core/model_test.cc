@@ -9,6 +9,7 @@
 #include <random>
 
 #include "absl/strings/str_cat.h"
+#include "core/quantization.h"
 #include "gtest/gtest.h"
 
 namespace w8a8 {
@@ -269,7 +270,7 @@ LinearFactory RowByRowFactory() {
                                       int64_t out, int64_t in)
              -> absl::StatusOr<std::unique_ptr<LinearLayer>> {
     absl::StatusOr<std::unique_ptr<LinearLayer>> layer = fp32(checkpoint, name, out, in);
-    if (!layer.ok()) return layer.status();
+    if (!layer.ok() || *layer == nullptr) return layer;
     return std::make_unique<RowByRowLinear>(std::move(*layer));
   };
 }
@@ -311,6 +312,45 @@ TEST(ModelTest, TiedModelUsesEmbeddingAsLmHead) {
   }
   EXPECT_EQ((*model)->LinearLayers().back().name, "lm_head");
   EXPECT_EQ((*model)->LinearLayers().back().weight_bytes, 0u);
+}
+
+TEST(ModelTest, PlanQuantizesTiedLmHeadFromEmbedding) {
+  ModelConfig config = SmallConfig();
+  config.tie_word_embeddings = true;
+  auto checkpoint = RandomCheckpoint(config, 2);
+  checkpoint->Remove("lm_head.weight");
+  QuantPlan plan;
+  LayerPlan head_plan;
+  head_plan.name = "lm_head";
+  head_plan.scheme = WeightScheme::kPerChannel;
+  plan.layers.push_back(head_plan);
+  auto quantized_head = Model::Create(*checkpoint, LinearFactoryForQuantPlan(plan));
+  auto fp32_head = Model::Create(*checkpoint, LinearFactoryForQuantPlan(QuantPlan{}));
+  ASSERT_TRUE(quantized_head.ok()) << quantized_head.status();
+  ASSERT_TRUE(fp32_head.ok()) << fp32_head.status();
+
+  const LinearLayerInfo head = (*quantized_head)->LinearLayers().back();
+  EXPECT_EQ(head.name, "lm_head");
+  EXPECT_EQ(head.scheme, "per-channel");
+  EXPECT_GE(head.weight_bytes, static_cast<size_t>(config.vocab_size * config.hidden_size));
+  EXPECT_EQ((*fp32_head)->LinearLayers().back().scheme, "fp32");
+  EXPECT_EQ((*fp32_head)->LinearLayers().back().weight_bytes, 0u);
+
+  // Token lookups still read the FP32 embedding, so only the logits carry int8 error.
+  const std::vector<float> logits =
+      RunInPieces(**quantized_head, kPrompt, kPrompt.size(), Iota(5), 4, 5);
+  const auto expected = ReferenceModel(*checkpoint).Run(kPrompt);
+  float max_error = 0.0f;
+  float max_logit = 0.0f;
+  for (size_t t = 0; t < kPrompt.size(); ++t) {
+    for (int64_t v = 0; v < config.vocab_size; ++v) {
+      max_error = std::max(max_error,
+                           std::abs(logits[t * config.vocab_size + v] - static_cast<float>(expected[t][v])));
+      max_logit = std::max(max_logit, std::abs(static_cast<float>(expected[t][v])));
+    }
+  }
+  EXPECT_GT(max_error, 0.0f);
+  EXPECT_LT(max_error, 0.02f * max_logit);
 }
 
 TEST(ModelTest, DecodeOneByOneMatchesPrefill) {
