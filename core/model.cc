@@ -9,6 +9,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "core/status_macros.h"
+#include "kernels/attention.h"
 #include "kernels/fused.h"
 #include "kernels/gemm.h"
 
@@ -164,9 +165,12 @@ absl::StatusOr<std::unique_ptr<LinearLayer>> BuildLinear(const Checkpoint& check
                                                          const LinearFactory& factory,
                                                          const std::string& name,
                                                          int64_t out_features,
-                                                         int64_t in_features) {
+                                                         int64_t in_features,
+                                                         bool shared_embedding = false) {
   ASSIGN_OR_RETURN(std::unique_ptr<LinearLayer> layer,
                    factory(checkpoint, name, out_features, in_features));
+  // A full-precision output projection that is the embedding is served from the embedding.
+  if (layer == nullptr && shared_embedding) return layer;
   if (layer == nullptr) {
     return absl::InternalError(
         absl::StrCat("The linear factory returned no layer for '", name, "'."));
@@ -230,11 +234,11 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Create(const Checkpoint& checkpoin
   }
   ASSIGN_OR_RETURN(model->final_norm_, checkpoint.LoadFloat32("model.norm.weight", {hidden}));
 
-  if (config.tie_word_embeddings || !checkpoint.HasTensor("lm_head.weight")) {
+  ASSIGN_OR_RETURN(model->lm_head_, BuildLinear(checkpoint, factory, "lm_head",
+                                                config.vocab_size, hidden,
+                                                /*shared_embedding=*/IsSharedLmHead(checkpoint, "lm_head")));
+  if (model->lm_head_ == nullptr) {
     model->lm_head_ = std::make_unique<TiedLmHead>(model->embedding_, config.vocab_size, hidden);
-  } else {
-    ASSIGN_OR_RETURN(model->lm_head_,
-                     BuildLinear(checkpoint, factory, "lm_head", config.vocab_size, hidden));
   }
   model->rope_inv_freq_ = RopeInverseFrequencies(config);
   // GGUF files carry Llama 3 rope scaling as per-frequency divisors instead of rope_scaling.
@@ -367,7 +371,6 @@ void Model::RunChunk(std::span<const ChunkStep> steps, KvCache& cache,
   const int64_t head_dim = config_.head_dim;
   const int64_t num_heads = config_.num_attention_heads;
   const int64_t num_kv_heads = config_.num_key_value_heads;
-  const int64_t group = num_heads / num_kv_heads;
   const int64_t q_features = num_heads * head_dim;
   const int64_t kv_features = num_kv_heads * head_dim;
   const int64_t intermediate = config_.intermediate_size;
@@ -378,16 +381,38 @@ void Model::RunChunk(std::span<const ChunkStep> steps, KvCache& cache,
   // Per-token bookkeeping: which step a token belongs to and its position in its sequence.
   std::vector<int64_t> token_step;
   std::vector<int64_t> token_position;
-  int64_t max_context = 0;
   for (size_t s = 0; s < steps.size(); ++s) {
     for (size_t i = 0; i < steps[s].tokens.size(); ++i) {
       token_step.push_back(static_cast<int64_t>(s));
       token_position.push_back(steps[s].start_position + static_cast<int64_t>(i));
     }
-    max_context = std::max(max_context,
-                           steps[s].start_position + static_cast<int64_t>(steps[s].tokens.size()));
   }
   const int64_t num_tokens = static_cast<int64_t>(token_step.size());
+
+  // Attention work items: each step's tokens in ranges of at most kAttentionTokens, so a long
+  // prompt spreads over threads; the causal cost grows along a prompt, so ranges are handed
+  // out dynamically.
+  struct AttentionItem {
+    int64_t step;
+    int64_t first_token;     // Index into this chunk's tokens.
+    int64_t first_position;  // Position of that token in its sequence.
+    int64_t tokens;
+  };
+  constexpr int64_t kAttentionTokens = 32;
+  std::vector<AttentionItem> attention_items;
+  int64_t attention_work = 0;  // Sum of tokens x context, to skip threads for tiny batches.
+  for (int64_t s = 0, first_token = 0; s < static_cast<int64_t>(steps.size()); ++s) {
+    const ChunkStep& step = steps[static_cast<size_t>(s)];
+    const int64_t count = static_cast<int64_t>(step.tokens.size());
+    for (int64_t t = 0; t < count; t += kAttentionTokens) {
+      const int64_t tokens = std::min(kAttentionTokens, count - t);
+      attention_items.push_back({s, first_token + t, step.start_position + t, tokens});
+      attention_work += tokens * (step.start_position + t + tokens) * num_heads;
+    }
+    first_token += count;
+  }
+  const kernels::Isa isa = kernels::ActiveIsa();
+  const kernels::AttentionShape attention_shape{num_heads, num_kv_heads, head_dim, scale};
 
   std::vector<float> x(static_cast<size_t>(num_tokens * hidden));
   std::vector<float> normed(x.size());
@@ -452,55 +477,21 @@ void Model::RunChunk(std::span<const ChunkStep> steps, KvCache& cache,
       }
     }
 
-    // Causal grouped-query attention; each (token, head) pair is independent, and its
-    // arithmetic does not depend on the rest of the batch.
-#pragma omp parallel if (num_tokens * num_heads * max_context >= 4096)
-    {
-      std::vector<float> scores(static_cast<size_t>(max_context));
-#pragma omp for collapse(2) schedule(dynamic, 4)
-      for (int64_t t = 0; t < num_tokens; ++t) {
-        for (int64_t h = 0; h < num_heads; ++h) {
-          const ChunkStep& step = steps[static_cast<size_t>(token_step[t])];
-          const int64_t context = token_position[t] + 1;
-          const int64_t kv_head = h / group;
-          const float* query = q.data() + t * q_features + h * head_dim;
-          // Walk the block table block by block, so no division runs per position.
-          float max_score = -INFINITY;
-          for (int64_t first = 0; first < context; first += block_size) {
-            const int64_t block = step.block_table[static_cast<size_t>(first / block_size)];
-            const float* keys = cache.keys(layer_index, block) + kv_head * block_size * head_dim;
-            const int64_t count = std::min(block_size, context - first);
-            for (int64_t slot = 0; slot < count; ++slot) {
-              const float* key = keys + slot * head_dim;
-              float dot = 0.0f;
-#pragma omp simd reduction(+ : dot)
-              for (int64_t d = 0; d < head_dim; ++d) dot += query[d] * key[d];
-              const float score = dot * scale;
-              scores[static_cast<size_t>(first + slot)] = score;
-              max_score = std::max(max_score, score);
-            }
-          }
-          float sum = 0.0f;
-          for (int64_t p = 0; p < context; ++p) {
-            scores[static_cast<size_t>(p)] = std::exp(scores[static_cast<size_t>(p)] - max_score);
-            sum += scores[static_cast<size_t>(p)];
-          }
-          const float inv_sum = 1.0f / sum;
-          float* out = attention.data() + t * q_features + h * head_dim;
-          std::fill(out, out + head_dim, 0.0f);
-          for (int64_t first = 0; first < context; first += block_size) {
-            const int64_t block = step.block_table[static_cast<size_t>(first / block_size)];
-            const float* values = cache.values(layer_index, block) + kv_head * block_size * head_dim;
-            const int64_t count = std::min(block_size, context - first);
-            for (int64_t slot = 0; slot < count; ++slot) {
-              const float* value = values + slot * head_dim;
-              const float weight = scores[static_cast<size_t>(first + slot)] * inv_sum;
-#pragma omp simd
-              for (int64_t d = 0; d < head_dim; ++d) out[d] += weight * value[d];
-            }
-          }
-        }
-      }
+    // Causal grouped-query attention. Work items are (sequence, KV head, range of tokens);
+    // each item's arithmetic does not depend on the rest of the batch.
+    const kernels::PagedKv layer_kv_base{cache.keys(layer_index, 0), cache.values(layer_index, 0),
+                                         cache.floats_per_block(), block_size, nullptr};
+    const int64_t items = static_cast<int64_t>(attention_items.size()) * num_kv_heads;
+#pragma omp parallel for schedule(dynamic, 1) if (attention_work >= 4096)
+    for (int64_t item = 0; item < items; ++item) {
+      const AttentionItem& range = attention_items[static_cast<size_t>(item / num_kv_heads)];
+      kernels::PagedKv kv = layer_kv_base;
+      kv.block_table = steps[static_cast<size_t>(range.step)].block_table.data();
+      kernels::CausalAttentionKvHead(isa, attention_shape, kv, item % num_kv_heads,
+                                     q.data() + range.first_token * q_features, q_features,
+                                     range.tokens, range.first_position,
+                                     attention.data() + range.first_token * q_features,
+                                     q_features);
     }
 
     layer.o_proj->Forward(attention.data(), num_tokens, residual.data());

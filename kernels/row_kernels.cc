@@ -12,6 +12,8 @@
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
+#include "kernels/simd_exp.h"
+
 #define W8A8_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,fma")))
 #define W8A8_AVX2 __attribute__((target("avx2,fma")))
 
@@ -195,28 +197,6 @@ W8A8_AVX512 float ScaleMultiplyAvx512(const float* x, const float* weight, float
     max_abs = _mm512_max_ps(max_abs, _mm512_abs_ps(values));
   }
   return _mm512_reduce_max_ps(max_abs);
-}
-
-// Computes exp(x) as 2^n * p(r), with x = n ln2 + r, |r| <= ln2 / 2 and p the Taylor
-// polynomial of degree 7, whose truncation error is below 6e-9 relative. With the rounding of
-// the FMAs this is an estimated few units in the last place. Inputs are clamped to [-87, 88],
-// so exp(-100) returns exp(-87) and exp(100) returns exp(88).
-W8A8_AVX512 inline __m512 ExpAvx512(__m512 x) {
-  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  // ln 2 split so that n * kLn2High is exact for |n| <= 128.
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187045e-06f), r);
-  __m512 p = _mm512_set1_ps(1.0f / 5040.0f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  return _mm512_scalef_ps(p, n);
 }
 
 W8A8_AVX512 float SiluMultiplyAvx512(const float* gate, const float* up, int64_t count,
