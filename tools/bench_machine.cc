@@ -34,8 +34,13 @@ constexpr int64_t kBytesPerStreamStep = 256;
 constexpr int64_t kPrefetchDistance = 2048;
 constexpr int kStreamCounts[] = {1, 2, 4};
 
+// Bytes of the buffer that one timed read covers, split among the threads.
+constexpr int64_t kChunkBytes = 16 * kMiB;
+// Chunks that each pattern reads per round (256 MiB), so that rounds are short and the
+// patterns interleave finely.
+constexpr int kChunksPerTurn = 16;
 // Minimum rounds of a read measurement. Each round runs every pattern once.
-constexpr int kMinReadRounds = 2;
+constexpr int kMinReadRounds = 3;
 // MeasureMachine reads for this many times `seconds`, because its one figure stands for many
 // patterns and thread counts.
 constexpr double kReadSecondsFactor = 6.0;
@@ -108,27 +113,40 @@ class ReadBuffer {
 
   int64_t bytes() const { return bytes_; }
 
-  // Reads the whole buffer once with `pattern` and returns the rate in GB/s.
-  double ReadOnce(const ReadPattern& pattern) const {
+  // Reads kChunksPerTurn chunks of about kChunkBytes with `pattern`, one parallel region per
+  // chunk, and returns the best chunk's rate in GB/s. The chunks continue where the previous
+  // call stopped and wrap around the buffer, so every chunk was last read at least a buffer
+  // (2 x L3) ago and comes from DRAM. Timing chunks instead of whole passes keeps the
+  // interruptions by other processes from hiding the rate of the uninterrupted chunks, and a
+  // chunk is about the size of the largest int8 weight matrix that the kernel suite times.
+  double ReadChunks(const ReadPattern& pattern) {
     const int64_t granule = int64_t{pattern.streams} * kBytesPerStreamStep;
-    const int64_t slice = bytes_ / pattern.threads / granule * granule;
-    const uint8_t* data = data_.get();
-    const double seconds = TimeOnce([&] {
+    const int64_t slice = kChunkBytes / pattern.threads / granule * granule;
+    const int64_t chunk = slice * pattern.threads;
+    double best = 0.0;
+    for (int turn = 0; turn < kChunksPerTurn; ++turn) {
+      if (cursor_ + chunk > bytes_) cursor_ = 0;
+      const uint8_t* data = data_.get() + cursor_;
+      cursor_ += chunk;
+      const double seconds = TimeOnce([&] {
 #pragma omp parallel num_threads(pattern.threads)
-      {
-        // OpenMP may start fewer threads than requested (OMP_THREAD_LIMIT, OMP_DYNAMIC), and
-        // then some threads read more than one slice.
-        for (int part = omp_get_thread_num(); part < pattern.threads;
-             part += omp_get_num_threads()) {
-          ReadSlice(pattern, data + part * slice, slice);
+        {
+          // OpenMP may start fewer threads than requested (OMP_THREAD_LIMIT, OMP_DYNAMIC), and
+          // then some threads read more than one slice.
+          for (int part = omp_get_thread_num(); part < pattern.threads;
+               part += omp_get_num_threads()) {
+            ReadSlice(pattern, data + part * slice, slice);
+          }
         }
-      }
-    });
-    return seconds > 0 ? static_cast<double>(slice) * pattern.threads / seconds * 1e-9 : 0.0;
+      });
+      if (seconds > 0) best = std::max(best, static_cast<double>(chunk) / seconds * 1e-9);
+    }
+    return best;
   }
 
  private:
   int64_t bytes_;
+  int64_t cursor_ = 0;  // Offset of the next chunk to read.
   std::unique_ptr<uint8_t, decltype(&std::free)> data_;
 };
 
@@ -142,7 +160,7 @@ std::vector<ReadPattern> PatternsFor(int threads) {
 
 // Runs every pattern once per round, at least kMinReadRounds rounds and until `seconds` have
 // passed, and returns each pattern's best rate. Sets `rounds` to the rounds run.
-std::vector<ReadResult> MeasurePatterns(const ReadBuffer& buffer,
+std::vector<ReadResult> MeasurePatterns(ReadBuffer& buffer,
                                         const std::vector<ReadPattern>& patterns, double seconds,
                                         int* rounds) {
   std::vector<ReadResult> results;
@@ -154,7 +172,7 @@ std::vector<ReadResult> MeasurePatterns(const ReadBuffer& buffer,
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     if (round >= kMinReadRounds && elapsed >= seconds) break;
     for (ReadResult& result : results) {
-      result.gbs = std::max(result.gbs, buffer.ReadOnce(result.pattern));
+      result.gbs = std::max(result.gbs, buffer.ReadChunks(result.pattern));
     }
   }
   if (rounds != nullptr) *rounds = round;
@@ -310,7 +328,7 @@ bool ReadsDram(int64_t bytes) {
 
 double MeasureReadBandwidth(int threads, double seconds) {
   if (threads < 1 || !kernels::CpuSupports(kernels::Isa::kAvx512Vnni)) return 0.0;
-  const ReadBuffer buffer;
+  ReadBuffer buffer;
   if (buffer.bytes() == 0) return 0.0;
   const std::vector<ReadResult> results =
       MeasurePatterns(buffer, PatternsFor(threads), seconds, nullptr);
@@ -325,8 +343,9 @@ MachineCeilings MeasureMachine(double seconds) {
   if (!machine.avx512) return machine;
 
   {
-    const ReadBuffer buffer;
+    ReadBuffer buffer;
     machine.buffer_bytes = buffer.bytes();
+    machine.read_chunk_bytes = kChunkBytes;
     if (buffer.bytes() > 0) {
       // 1 thread, every OpenMP thread, and twice as many software threads as that.
       std::vector<ReadPattern> patterns = PatternsFor(1);

@@ -16,9 +16,9 @@ struct Ceiling {
   double all_threads = 0.0;
 };
 
-// One way of reading the bandwidth buffer: `threads` OpenMP threads each read an equal slice,
-// split into `streams` parts that the thread reads side by side, 256 bytes of each part per
-// loop iteration as four 64-byte vmovdqa64 loads. With `prefetch`, each iteration also issues
+// One way of reading the bandwidth buffer: `threads` OpenMP threads each read an equal slice
+// of a chunk, split into `streams` parts that the thread reads side by side, 256 bytes of each
+// part per loop iteration as four 64-byte vmovdqa64 loads. With `prefetch`, each iteration also issues
 // prefetcht0 for every part a fixed distance ahead.
 struct ReadPattern {
   int threads = 1;
@@ -29,7 +29,7 @@ struct ReadPattern {
   std::string Describe() const;
 };
 
-// The best rate of one read pattern over the rounds of a measurement.
+// The rate of the fastest chunk that one read pattern read in a measurement.
 struct ReadResult {
   ReadPattern pattern;
   double gbs = 0.0;
@@ -46,7 +46,8 @@ struct MachineCeilings {
   ReadPattern read_best_one_thread;   // The pattern that gave read_gbs.one_thread.
   ReadPattern read_best_all_threads;  // The pattern that gave read_gbs.all_threads.
   std::vector<ReadResult> read_results;  // Every pattern tried, with its best rate.
-  int read_rounds = 0;                   // Times each pattern was run.
+  int read_rounds = 0;                   // Turns each pattern had.
+  int64_t read_chunk_bytes = 0;          // Bytes of one timed read, over all its threads.
   // vpdpbusd on zmm registers in independent accumulator chains: 64 multiply-accumulates per
   // instruction, counted as 128 operations (2 per multiply-accumulate), GOPS.
   Ceiling int8_gops;
@@ -72,16 +73,18 @@ int64_t DramResidentBytes();
 // that, so such machines report false and their figures count as possibly cache-resident.
 bool ReadsDram(int64_t bytes);
 
-// Measures every ceiling. Each read pattern runs once per round over a buffer of
-// DramResidentBytes(), in at least 2 rounds and until 6 x `seconds` have passed, and keeps
-// its best round; the patterns are interleaved so that all of them see the same drift in
-// load. Each compute figure is the best of at least 3 runs over at least `seconds`.
+// Measures every ceiling. The read patterns take turns in rounds, at least 3 rounds and until
+// 6 x `seconds` have passed. In each turn a pattern reads 16 chunks of 16 MiB of a buffer of
+// DramResidentBytes(), each chunk timed on its own, and keeps its fastest chunk. Interleaving
+// lets every pattern see the same drift in load, and short timed chunks let the best one
+// escape interruptions by other processes. Each compute figure is the best of at least 3 runs
+// over at least `seconds`.
 MachineCeilings MeasureMachine(double seconds);
 
-// Re-measures the read bandwidth on `threads` OpenMP threads (at least 1) and returns the
-// best GB/s over every read pattern: at least 2 rounds and at least `seconds` in total. It
-// allocates and touches a fresh buffer of DramResidentBytes() for the call, which adds about
-// as long as one round. Returns 0 without AVX-512 or when the buffer cannot be allocated.
+// Re-measures the read bandwidth on `threads` OpenMP threads (at least 1) as MeasureMachine
+// does, with the 6 patterns of that thread count for at least 3 rounds and at least `seconds`,
+// and returns the best GB/s. It allocates and touches a fresh buffer of DramResidentBytes()
+// for the call. Returns 0 without AVX-512 or when the buffer cannot be allocated.
 double MeasureReadBandwidth(int threads, double seconds);
 
 }  // namespace w8a8::tools

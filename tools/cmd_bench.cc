@@ -62,6 +62,7 @@ nlohmann::json MachineJson(const MachineCeilings& machine) {
           {"read_best", {{"one_thread", PatternJson(machine.read_best_one_thread)},
                          {"all_threads", PatternJson(machine.read_best_all_threads)}}},
           {"read_rounds", machine.read_rounds},
+          {"read_chunk_bytes", machine.read_chunk_bytes},
           {"read_patterns", read_patterns},
           {"int8_gops", CeilingJson(machine.int8_gops)},
           {"fp32_gflops", CeilingJson(machine.fp32_gflops)},
@@ -87,9 +88,10 @@ void PrintMachine(const std::string& title, const MachineCeilings& machine) {
     std::printf("  (no AVX-512 VNNI on this CPU: ceilings not measured)\n");
     return;
   }
-  std::printf("  read: best of %d rounds over %lld MiB (L3 %lld MiB); 1 thread: %s; "
-              "all threads: %s\n",
-              machine.read_rounds, static_cast<long long>(machine.buffer_bytes >> 20),
+  std::printf("  read: fastest %lld MiB chunk of %d rounds over %lld MiB (L3 %lld MiB); "
+              "1 thread: %s; all threads: %s\n",
+              static_cast<long long>(machine.read_chunk_bytes >> 20), machine.read_rounds,
+              static_cast<long long>(machine.buffer_bytes >> 20),
               static_cast<long long>(machine.l3_bytes >> 20),
               machine.read_best_one_thread.Describe().c_str(),
               machine.read_best_all_threads.Describe().c_str());

@@ -62,7 +62,9 @@ void ExpectMachineFields(const nlohmann::json& machine) {
     EXPECT_GT(Number(machine[ceiling], "all_threads"), 0.0) << ceiling;
   }
   EXPECT_GE(Number(machine, "buffer_bytes"), 512.0 * (1 << 20));
-  EXPECT_GE(Number(machine, "read_rounds"), 2.0);
+  EXPECT_GE(Number(machine, "read_rounds"), 3.0);
+  EXPECT_GT(Number(machine, "read_chunk_bytes"), 0.0);
+  EXPECT_LT(Number(machine, "read_chunk_bytes"), Number(machine, "buffer_bytes"));
   EXPECT_GE(Number(machine, "compute_chains"), 10.0);
   EXPECT_GT(Number(machine, "int8_half_chains_gops"), 0.0);
 }
