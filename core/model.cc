@@ -365,6 +365,30 @@ absl::Status Model::Forward(std::span<const SequenceStep> batch, KvCache& cache,
   return absl::OkStatus();
 }
 
+namespace {
+
+// A range of one sequence's tokens whose attention runs as one work item.
+struct AttentionItem {
+  int64_t step;
+  int64_t first_token;     // Index into the chunk's tokens.
+  int64_t first_position;  // Position of that token in its sequence.
+  int64_t tokens;
+};
+
+// The activations of one forward chunk. RunChunk keeps one set per thread and resizes it per
+// chunk, which keeps the capacity, so steady decoding and repeated prefills allocate nothing.
+struct ChunkBuffers {
+  std::vector<int64_t> token_step;
+  std::vector<int64_t> token_position;
+  std::vector<AttentionItem> attention_items;
+  std::vector<float> x, normed, q, k, v, attention, residual, gate, up, selected;
+  std::vector<int8_t> quantized;
+  std::vector<float> quantized_scales;
+  std::vector<int64_t> rows;
+};
+
+}  // namespace
+
 void Model::RunChunk(std::span<const ChunkStep> steps, KvCache& cache,
                      std::vector<float>& logits) const {
   const int64_t hidden = config_.hidden_size;
@@ -378,9 +402,13 @@ void Model::RunChunk(std::span<const ChunkStep> steps, KvCache& cache,
   const float eps = static_cast<float>(config_.rms_norm_eps);
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
 
+  // Every buffer is reused from the previous chunk on this thread.
+  thread_local ChunkBuffers buffers;
   // Per-token bookkeeping: which step a token belongs to and its position in its sequence.
-  std::vector<int64_t> token_step;
-  std::vector<int64_t> token_position;
+  std::vector<int64_t>& token_step = buffers.token_step;
+  std::vector<int64_t>& token_position = buffers.token_position;
+  token_step.clear();
+  token_position.clear();
   for (size_t s = 0; s < steps.size(); ++s) {
     for (size_t i = 0; i < steps[s].tokens.size(); ++i) {
       token_step.push_back(static_cast<int64_t>(s));
@@ -392,14 +420,9 @@ void Model::RunChunk(std::span<const ChunkStep> steps, KvCache& cache,
   // Attention work items: each step's tokens in ranges of at most kAttentionTokens, so a long
   // prompt spreads over threads; the causal cost grows along a prompt, so ranges are handed
   // out dynamically.
-  struct AttentionItem {
-    int64_t step;
-    int64_t first_token;     // Index into this chunk's tokens.
-    int64_t first_position;  // Position of that token in its sequence.
-    int64_t tokens;
-  };
   constexpr int64_t kAttentionTokens = 32;
-  std::vector<AttentionItem> attention_items;
+  std::vector<AttentionItem>& attention_items = buffers.attention_items;
+  attention_items.clear();
   int64_t attention_work = 0;  // Sum of tokens x context, to skip threads for tiny batches.
   for (int64_t s = 0, first_token = 0; s < static_cast<int64_t>(steps.size()); ++s) {
     const ChunkStep& step = steps[static_cast<size_t>(s)];
@@ -414,19 +437,24 @@ void Model::RunChunk(std::span<const ChunkStep> steps, KvCache& cache,
   const kernels::Isa isa = kernels::ActiveIsa();
   const kernels::AttentionShape attention_shape{num_heads, num_kv_heads, head_dim, scale};
 
-  std::vector<float> x(static_cast<size_t>(num_tokens * hidden));
-  std::vector<float> normed(x.size());
-  std::vector<float> q(static_cast<size_t>(num_tokens * q_features));
-  std::vector<float> k(static_cast<size_t>(num_tokens * kv_features));
-  std::vector<float> v(k.size());
-  std::vector<float> attention(q.size());
-  std::vector<float> residual(x.size());
-  std::vector<float> gate(static_cast<size_t>(num_tokens * intermediate));
+  auto sized = [](auto& buffer, int64_t size) -> auto& {
+    buffer.resize(static_cast<size_t>(size));
+    return buffer;
+  };
+  std::vector<float>& x = sized(buffers.x, num_tokens * hidden);
+  std::vector<float>& normed = sized(buffers.normed, num_tokens * hidden);
+  std::vector<float>& q = sized(buffers.q, num_tokens * q_features);
+  std::vector<float>& k = sized(buffers.k, num_tokens * kv_features);
+  std::vector<float>& v = sized(buffers.v, num_tokens * kv_features);
+  std::vector<float>& attention = sized(buffers.attention, num_tokens * q_features);
+  std::vector<float>& residual = sized(buffers.residual, num_tokens * hidden);
+  std::vector<float>& gate = sized(buffers.gate, num_tokens * intermediate);
   // Int8 activations for layers that take them: the normed input of q/k/v and gate/up, or the
   // SwiGLU product for down_proj, quantized by a fused kernel in the same pass.
-  std::vector<int8_t> quantized(static_cast<size_t>(num_tokens * std::max(hidden, intermediate)));
-  std::vector<float> quantized_scales(static_cast<size_t>(num_tokens));
-  std::vector<float> up(gate.size());
+  std::vector<int8_t>& quantized =
+      sized(buffers.quantized, num_tokens * std::max(hidden, intermediate));
+  std::vector<float>& quantized_scales = sized(buffers.quantized_scales, num_tokens);
+  std::vector<float>& up = sized(buffers.up, num_tokens * intermediate);
 
   for (int64_t t = 0; t < num_tokens; ++t) {
     const ChunkStep& step = steps[static_cast<size_t>(token_step[t])];
@@ -526,7 +554,8 @@ void Model::RunChunk(std::span<const ChunkStep> steps, KvCache& cache,
   }
 
   // Final norm and lm_head only for the rows whose logits were requested.
-  std::vector<int64_t> rows;
+  std::vector<int64_t>& rows = buffers.rows;
+  rows.clear();
   for (int64_t t = 0; t < num_tokens; ++t) {
     const ChunkStep& step = steps[static_cast<size_t>(token_step[t])];
     const bool last = token_position[t] ==
@@ -537,7 +566,8 @@ void Model::RunChunk(std::span<const ChunkStep> steps, KvCache& cache,
     }
   }
   if (rows.empty()) return;
-  std::vector<float> selected(rows.size() * static_cast<size_t>(hidden));
+  std::vector<float>& selected =
+      sized(buffers.selected, static_cast<int64_t>(rows.size()) * hidden);
   for (size_t r = 0; r < rows.size(); ++r) {
     RmsNorm(x.data() + rows[r] * hidden, final_norm_.data(), 1, hidden, eps,
             selected.data() + r * static_cast<size_t>(hidden));
