@@ -14,6 +14,7 @@
 #include "core/checkpoint.h"
 #include "core/model.h"
 #include "core/quantization.h"
+#include "tools/bench_machine.h"
 #include "tools/bench_suites.h"
 #include "tools/flags.h"
 
@@ -152,6 +153,14 @@ absl::StatusOr<nlohmann::json> BenchPlan(const Checkpoint& checkpoint, const std
   }
   result["prefill"] = prefill;
 
+  // Bandwidth drifts on shared machines, so it is read again right before this plan's decode
+  // figures, with the thread count that read fastest at the start of the run. The fractions
+  // divide by the best reading of the run so far, which keeps them conservative.
+  const double read_gbs_now =
+      MeasureReadBandwidth(std::max(1, machine.read_best_all_threads.threads), 0.5);
+  const double read_gbs = std::max(machine.read_gbs.all_threads, read_gbs_now);
+  result["read_gbs_before_decode"] = read_gbs_now;
+  result["read_gbs_for_fractions"] = read_gbs;
   const double bytes_per_step = DecodeBytesPerStep(**model);
   nlohmann::json decode = nlohmann::json::array();
   for (int64_t sequences : kDecodeBatchSizes) {
@@ -161,9 +170,8 @@ absl::StatusOr<nlohmann::json> BenchPlan(const Checkpoint& checkpoint, const std
         {"sequences", sequences},
         {"step_seconds", *step_seconds},
         {"tokens_per_second", static_cast<double>(sequences) / *step_seconds}};
-    if (machine.read_gbs.all_threads > 0) {
-      entry["bandwidth_fraction"] =
-          bytes_per_step / *step_seconds / (machine.read_gbs.all_threads * 1e9);
+    if (read_gbs > 0) {
+      entry["bandwidth_fraction"] = bytes_per_step / *step_seconds / (read_gbs * 1e9);
     }
     decode.push_back(entry);
   }
