@@ -47,6 +47,11 @@ class ScalarInt8Matmul final : public Int8Matmul {
   int64_t group_size_;
 };
 
+// Batched decode (m > 1) of per-channel weights on AVX-512 takes the packed loop for up to this
+// many rows, when the weights have at least this many bytes (see PerChannelAvx512Matmul).
+constexpr int64_t kPackedBatchMaxRows = 4;
+constexpr int64_t kPackedBatchMinWeightBytes = int64_t{4} << 20;
+
 // The AVX2 and AVX-512 VNNI paths over weights in the packed layout of int8_packed.h.
 class PackedInt8Matmul final : public Int8Matmul {
  public:
@@ -108,9 +113,15 @@ class PackedInt8Matmul final : public Int8Matmul {
   Isa isa_;
 };
 
-// Per-channel weights on AVX-512. oneDNN's int8 matmul, which uses AMX where the CPU has it,
-// runs m > 1. The packed VNNI loop runs m = 1 because it streams the weights about 1.3x faster
-// than oneDNN 2.6 there (bench/kernel_bench.cc, one thread, Xeon with AMX).
+// Per-channel weights on AVX-512: the one place that picks oneDNN's int8 matmul (AMX tiles
+// where the CPU has them) or the packed VNNI loop, by m and the weight size. The packed loop
+// streams the weights once for up to 6 rows, so it wins where the product is bound by reading
+// the weights. Measured with bench/kernel_bench.cc on a 2-core Xeon with AMX (2 MiB L2 per
+// core), oneDNN 2.6, CPU time:
+//   m = 1: the packed loop is about 1.3x faster on every Llama-3.2-1B shape.
+//   m = 2 and 4: the packed loop is 1.1 to 1.4x faster for 4 MiB of weights or more, and
+//   oneDNN is 1.1x faster for 1 MiB (512 x 2048).
+//   m >= 8: oneDNN is 1.2 to 2.3x faster.
 // NOTE: this keeps the weights twice, once per layout.
 class PerChannelAvx512Matmul final : public Int8Matmul {
  public:
@@ -118,7 +129,8 @@ class PerChannelAvx512Matmul final : public Int8Matmul {
       : onednn_(std::move(onednn)), packed_(std::move(packed)) {}
 
   void Run(const int8_t* xq, const float* x_scales, int64_t m, float* y) const override {
-    if (m == 1) {
+    const bool large = packed_->n() * packed_->k() >= kPackedBatchMinWeightBytes;
+    if (m == 1 || (m <= kPackedBatchMaxRows && large)) {
       packed_->Run(xq, x_scales, m, y);
     } else {
       onednn_->Run(xq, x_scales, m, y);

@@ -26,11 +26,14 @@
 namespace w8a8::kernels::internal {
 namespace {
 
-// Rows and column blocks of one micro-kernel tile: 6 x 4 int32 accumulators, 4 weight
-// registers and a broadcast register use 29 of the 32 zmm registers. Each step loads 4 weight
-// lines and 6 broadcasts for 24 vpdpbusd.
+// Rows of the prefill tile: 6 rows x 4 blocks of int32 accumulators, 4 weight registers and a
+// broadcast register use 29 of the 32 zmm registers. Each step loads 4 weight lines and 6
+// broadcasts for 24 vpdpbusd.
 constexpr int kTileRows = 6;
-constexpr int kTileBlocks = static_cast<int>(kBlockQuad);
+// Quads of the decode tile (one row): 16 accumulators over 4 quads, which read 4 separate
+// sequential streams. One stream per tile measured about 1.3x slower from DRAM on one core.
+constexpr int kDecodeQuads = 4;
+
 // acc + the dot products of the unsigned bytes of x with the signed bytes of w, four per
 // 32-bit lane (vpdpbusd). GCC 12 copies the accumulator of _mm512_dpbusd_epi32 into a new
 // register and back on every call inside a loop, and with 24 accumulators it spills them, so
@@ -56,64 +59,74 @@ W8A8_AVX512 inline __m512i BroadcastFourBytes(const uint8_t* bytes) {
   return _mm512_set1_epi32(word);
 }
 
-// One step of a tile: kRows broadcast activation words times the kBlocks weight lines at
-// `line`, accumulated into dots.
-template <int kRows>
+// One step of a tile: kRows broadcast activation words times the weight lines of kQuads quads,
+// accumulated into dots. `lines[q]` is the step's line of quad q.
+template <int kRows, int kQuads>
 W8A8_AVX512 __attribute__((always_inline)) inline void AccumulateStep(
-    __m512i (&dots)[kRows][kTileBlocks], const int8_t* line, const uint8_t* x_word,
-    int64_t padded_k) {
-  __m512i w[kTileBlocks];
+    __m512i (&dots)[kRows][kQuads * kBlockQuad], const int8_t* const (&lines)[kQuads],
+    const uint8_t* x_word, int64_t padded_k) {
 #pragma GCC unroll 4
-  for (int b = 0; b < kTileBlocks; ++b) w[b] = _mm512_loadu_si512(line + b * 64);
+  for (int q = 0; q < kQuads; ++q) {
+    __m512i w[kBlockQuad];
+#pragma GCC unroll 4
+    for (int b = 0; b < kBlockQuad; ++b) w[b] = _mm512_loadu_si512(lines[q] + b * 64);
 #pragma GCC unroll 8
-  for (int r = 0; r < kRows; ++r) {
-    const __m512i x = BroadcastFourBytes(x_word + r * padded_k);
+    for (int r = 0; r < kRows; ++r) {
+      const __m512i x = BroadcastFourBytes(x_word + r * padded_k);
 #pragma GCC unroll 4
-    for (int b = 0; b < kTileBlocks; ++b) dots[r][b] = DotProductAccumulate(dots[r][b], x, w[b]);
+      for (int b = 0; b < kBlockQuad; ++b) {
+        __m512i& dot = dots[r][q * kBlockQuad + b];
+        dot = DotProductAccumulate(dot, x, w[b]);
+      }
+    }
   }
 }
 
-// Computes y for a tile of kRows rows by the kTileBlocks column blocks from `block` on. The
-// FP32 sums live in `sums`, [kRows][kTileBlocks][kPackRows] scratch passed by pointer (and the
-// function is kept out of line) so that the int32 accumulators keep the registers.
-template <int kRows>
+// Computes y for a tile of kRows rows by the kQuads quads of column blocks from `block` on.
+// The FP32 sums live in `sums`, [kRows][kQuads * kBlockQuad][kPackRows] scratch passed by
+// pointer (and the function is kept out of line) so that the int32 accumulators keep the
+// registers.
+template <int kRows, int kQuads>
 W8A8_AVX512 __attribute__((noinline)) void RunTile(const PackedInt8Weights& packed,
                                                    const uint8_t* xa, const float* x_scales,
                                                    int64_t block, int64_t column_end, float* y,
                                                    float* sums) {
-  constexpr int kBlocks = kTileBlocks;
-  static_assert(kRows * kBlocks + kBlocks + 1 <= 32);
+  constexpr int kBlocks = kQuads * kBlockQuad;
+  static_assert(kRows * kBlocks + kBlockQuad + 1 <= 32);
   const int64_t n = packed.n;
   const int64_t padded_k = packed.padded_k();
   const int64_t groups = packed.groups;
   const int64_t table_stride = groups * kPackRows;
-  const int8_t* quad_weights = packed.BlockWeights(block);
   const int32_t* compensation = packed.compensation.data() + block * table_stride;
   const float* scales = packed.scales.data() + block * table_stride;
+  const int8_t* lines[kQuads];
+#pragma GCC unroll 4
+  for (int q = 0; q < kQuads; ++q) lines[q] = packed.BlockWeights(block + q * kBlockQuad);
 
 #pragma GCC unroll 24
   for (int i = 0; i < kRows * kBlocks; ++i) {
     _mm512_store_ps(sums + i * kPackRows, _mm512_setzero_ps());
   }
 
-  int64_t step = 0;
+  const uint8_t* x_word = xa;
   for (int64_t group = 0; group < groups; ++group) {
     // Each accumulator starts at the group's compensation, -128 * the sum of its weights.
     __m512i dots[kRows][kBlocks];
 #pragma GCC unroll 8
     for (int r = 0; r < kRows; ++r) {
-#pragma GCC unroll 4
+#pragma GCC unroll 16
       for (int b = 0; b < kBlocks; ++b) {
         dots[r][b] = OpaqueLoad(compensation + b * table_stride + group * kPackRows);
       }
     }
     const int64_t group_steps = packed.group_steps[group];
     for (int64_t i = 0; i < group_steps; ++i) {
-      AccumulateStep<kRows>(dots, quad_weights + (step + i) * kQuadStepBytes,
-                            xa + (step + i) * kPackDepth, padded_k);
-    }
-    step += group_steps;
+      AccumulateStep<kRows, kQuads>(dots, lines, x_word, padded_k);
 #pragma GCC unroll 4
+      for (int q = 0; q < kQuads; ++q) lines[q] += kQuadStepBytes;
+      x_word += kPackDepth;
+    }
+#pragma GCC unroll 16
     for (int b = 0; b < kBlocks; ++b) {
       const __m512 scale = _mm512_loadu_ps(scales + b * table_stride + group * kPackRows);
 #pragma GCC unroll 8
@@ -127,7 +140,7 @@ W8A8_AVX512 __attribute__((noinline)) void RunTile(const PackedInt8Weights& pack
 
   // Columns of y that this tile writes in each block: none at or past column_end, so a quad
   // that sticks out of n, or of the caller's range, leaves those columns alone.
-#pragma GCC unroll 4
+#pragma GCC unroll 16
   for (int b = 0; b < kBlocks; ++b) {
     const int64_t column = (block + b) * kPackRows;
     const int64_t valid = std::clamp<int64_t>(column_end - column, 0, kPackRows);
@@ -149,7 +162,7 @@ W8A8_AVX512 void RunRemainingRows(const PackedInt8Weights& packed, const uint8_t
                                   int64_t column_end, float* y, float* sums) {
   if constexpr (kRows > 1) {
     if (rows == kRows - 1) {
-      RunTile<kRows - 1>(packed, xa, x_scales, block, column_end, y, sums);
+      RunTile<kRows - 1, 1>(packed, xa, x_scales, block, column_end, y, sums);
     } else {
       RunRemainingRows<kRows - 1>(packed, xa, x_scales, rows, block, column_end, y, sums);
     }
@@ -160,15 +173,22 @@ W8A8_AVX512 void RunRemainingRows(const PackedInt8Weights& packed, const uint8_t
 
 void RunPackedAvx512(const PackedInt8Weights& packed, const uint8_t* xa, const float* x_scales,
                      int64_t rows, int64_t block_begin, int64_t block_end, float* y) {
-  alignas(64) float sums[kTileRows * kTileBlocks * kPackRows];
+  alignas(64) float sums[kTileRows * kBlockQuad * kPackRows];
   const int64_t n = packed.n;
   const int64_t padded_k = packed.padded_k();
   const int64_t column_end = std::min(n, block_end * kPackRows);
-  for (int64_t block = block_begin; block < block_end; block += kTileBlocks) {
+  int64_t block = block_begin;
+  if (rows == 1) {
+    constexpr int64_t kDecodeBlocks = kDecodeQuads * kBlockQuad;
+    for (; block + kDecodeBlocks <= block_end; block += kDecodeBlocks) {
+      RunTile<1, kDecodeQuads>(packed, xa, x_scales, block, column_end, y, sums);
+    }
+  }
+  for (; block < block_end; block += kBlockQuad) {
     int64_t row = 0;
     for (; row + kTileRows <= rows; row += kTileRows) {
-      RunTile<kTileRows>(packed, xa + row * padded_k, x_scales + row, block, column_end,
-                         y + row * n, sums);
+      RunTile<kTileRows, 1>(packed, xa + row * padded_k, x_scales + row, block, column_end,
+                            y + row * n, sums);
     }
     if (row < rows) {
       RunRemainingRows<kTileRows>(packed, xa + row * padded_k, x_scales + row, rows - row,

@@ -1,3 +1,5 @@
+#include <omp.h>
+
 #include <cmath>
 #include <cstdint>
 #include <memory>
@@ -140,6 +142,78 @@ INSTANTIATE_TEST_SUITE_P(GroupSizes, Int8MatmulShapes, ::testing::Values(0, 32, 
                          [](const ::testing::TestParamInfo<int64_t>& info) {
                            return "GroupSize" + std::to_string(info.param);
                          });
+
+// The AVX-512 loop computes one row over 16 blocks (256 columns) at a time, then single quads
+// of 4 blocks (64 columns), and the packed weights are padded to whole quads. These widths
+// end inside a decode tile, on a quad, one past a quad and inside a block.
+TEST(Int8Matmul, DecodeTileEdgesAreExact) {
+  uint32_t seed = 9000;
+  for (int64_t n : {63, 64, 65, 255, 256, 257, 320, 335, 600}) {
+    for (int64_t group_size : {0, 16, 32, 5}) {
+      ExpectMatchesReference(/*m=*/1, n, /*k=*/72, group_size, /*unit_scales=*/true, seed += 4);
+      ExpectMatchesReference(/*m=*/1, n, /*k=*/72, group_size, /*unit_scales=*/false,
+                             seed += 4);
+    }
+  }
+}
+
+// Prefill tiles are 6 rows by one quad. These row counts end on a tile, one past it, and in
+// the middle of one, on widths that end inside a quad.
+TEST(Int8Matmul, PrefillTileEdgesAreExact) {
+  uint32_t seed = 9500;
+  for (int64_t m : {5, 6, 7, 12, 13, 17, 23}) {
+    for (int64_t n : {16, 49, 64, 80, 200}) {
+      for (int64_t group_size : {0, 16, 128, 17}) {
+        ExpectMatchesReference(m, n, /*k=*/300, group_size, /*unit_scales=*/true, seed += 4);
+      }
+    }
+  }
+}
+
+// Many short groups per row, with a short last group (1000 = 62 * 16 + 8), each converted and
+// scaled on its own.
+TEST(Int8Matmul, ManyShortGroupsAreExact) {
+  uint32_t seed = 9900;
+  for (int64_t m : {1, 2, 6, 9}) {
+    for (int64_t group_size : {4, 8, 16}) {
+      ExpectMatchesReference(m, /*n=*/96, /*k=*/1000, group_size, /*unit_scales=*/true,
+                             seed += 4);
+      ExpectMatchesReference(m, /*n=*/96, /*k=*/1000, group_size, /*unit_scales=*/false,
+                             seed += 4);
+    }
+  }
+}
+
+// Per-channel weights of 4 MiB or more take the packed loop for m = 2 to 4 on AVX-512 and
+// oneDNN for larger m; both sides of that switch must agree with the reference.
+TEST(Int8Matmul, PerChannelBatchDispatchIsExact) {
+  uint32_t seed = 9800;
+  for (int64_t m : {2, 4, 5}) {
+    ExpectMatchesReference(m, /*n=*/2048, /*k=*/2048, /*group_size=*/0, /*unit_scales=*/true,
+                           seed += 4);
+  }
+}
+
+// Run splits the column quads among OpenMP threads when there are at least two per thread,
+// and the rows otherwise. Uneven splits must still cover every column and row exactly once.
+TEST(Int8Matmul, ThreadSplitsAreExact) {
+  const int saved_threads = omp_get_max_threads();
+  uint32_t seed = 9700;
+  for (int threads : {2, 3}) {
+    omp_set_num_threads(threads);
+    // 336 columns are 21 blocks in 6 quads, the last one partial: a column split.
+    for (int64_t m : {1, 2, 4, 7}) {
+      ExpectMatchesReference(m, /*n=*/336, /*k=*/100, /*group_size=*/32, /*unit_scales=*/true,
+                             seed += 4);
+    }
+    // 48 columns are one quad: a row split.
+    for (int64_t m : {3, 5, 13}) {
+      ExpectMatchesReference(m, /*n=*/48, /*k=*/100, /*group_size=*/0, /*unit_scales=*/true,
+                             seed += 4);
+    }
+  }
+  omp_set_num_threads(saved_threads);
+}
 
 TEST(Int8Matmul, ExtremeValuesAreExact) {
   // Weights at +-127 and activations over the whole int8 range, including -128, for the
