@@ -234,9 +234,9 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Create(const Checkpoint& checkpoin
   }
   ASSIGN_OR_RETURN(model->final_norm_, checkpoint.LoadFloat32("model.norm.weight", {hidden}));
 
-  ASSIGN_OR_RETURN(model->lm_head_, BuildLinear(checkpoint, factory, "lm_head",
-                                                config.vocab_size, hidden,
-                                                /*shared_embedding=*/IsSharedLmHead(checkpoint, "lm_head")));
+  const bool shared_embedding = IsSharedLmHead(checkpoint, "lm_head");
+  ASSIGN_OR_RETURN(model->lm_head_, BuildLinear(checkpoint, factory, "lm_head", config.vocab_size,
+                                                hidden, shared_embedding));
   if (model->lm_head_ == nullptr) {
     model->lm_head_ = std::make_unique<TiedLmHead>(model->embedding_, config.vocab_size, hidden);
   }

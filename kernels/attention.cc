@@ -79,11 +79,10 @@ void AttentionScalar(const AttentionShape& shape, const PagedKv& kv, int64_t kv_
 // kv_head * group + (begin + i) % group. The queries are stored transposed, [head_dim][16], so
 // one FMA with a broadcast key element advances 16 dot products, and the running maximum,
 // normalizer and output of the online softmax are lane-wise too. Lanes past the last query
-// repeat it, so every lane holds finite numbers; their results are not written.
-W8A8_AVX512 void AttentionAvx512(const AttentionShape& shape, const PagedKv& kv,
-                                 int64_t kv_head, const float* q, int64_t q_stride,
-                                 int64_t tokens, int64_t first_position, float* out,
-                                 int64_t out_stride) {
+// repeat it, so every lane contains finite numbers. Their results are not written.
+W8A8_AVX512 void AttentionAvx512(const AttentionShape& shape, const PagedKv& kv, int64_t kv_head,
+                                 const float* q, int64_t q_stride, int64_t tokens,
+                                 int64_t first_position, float* out, int64_t out_stride) {
   const int64_t group = shape.num_heads / shape.num_kv_heads;
   const int64_t head_dim = shape.head_dim;
   const int64_t block_size = kv.block_size;
@@ -109,7 +108,7 @@ W8A8_AVX512 void AttentionAvx512(const AttentionShape& shape, const PagedKv& kv,
     }
     std::memset(output_t, 0, sizeof(float) * static_cast<size_t>(kLanes * head_dim));
     const __m512 positions = _mm512_load_ps(lane_positions);
-    // The last lane holds the latest position of the tile.
+    // The last lane has the latest position of the tile.
     const int64_t context = static_cast<int64_t>(lane_positions[kLanes - 1]) + 1;
     __m512 running_max = minus_infinity;
     __m512 normalizer = _mm512_setzero_ps();
@@ -143,19 +142,20 @@ W8A8_AVX512 void AttentionAvx512(const AttentionShape& shape, const PagedKv& kv,
         __m512 chunk_max = minus_infinity;
         for (int64_t j = 0; j < kLanes; ++j) {
           const float key_position = static_cast<float>(first + chunk + j);
-          visible[j] = j < count ? _mm512_cmp_ps_mask(_mm512_set1_ps(key_position), positions,
-                                                      _CMP_LE_OQ)
-                                 : static_cast<__mmask16>(0);
+          visible[j] = j < count
+                           ? _mm512_cmp_ps_mask(_mm512_set1_ps(key_position), positions, _CMP_LE_OQ)
+                           : static_cast<__mmask16>(0);
           scores[j] = _mm512_mask_blend_ps(visible[j], minus_infinity, scores[j]);
           chunk_max = _mm512_max_ps(chunk_max, scores[j]);
         }
-        // Every lane sees position 0 in the first chunk, so new_max is finite from then on.
+        // Position 0 is visible to every lane in the first chunk, so new_max is finite from then
+        // on.
         const __m512 new_max = _mm512_max_ps(running_max, chunk_max);
         const __m512 correction = internal::ExpAvx512(_mm512_sub_ps(running_max, new_max));
         normalizer = _mm512_mul_ps(normalizer, correction);
         for (int64_t j = 0; j < count; ++j) {
-          scores[j] = _mm512_maskz_mov_ps(
-              visible[j], internal::ExpAvx512(_mm512_sub_ps(scores[j], new_max)));
+          scores[j] = _mm512_maskz_mov_ps(visible[j],
+                                          internal::ExpAvx512(_mm512_sub_ps(scores[j], new_max)));
           normalizer = _mm512_add_ps(normalizer, scores[j]);
         }
         running_max = new_max;
@@ -186,9 +186,9 @@ W8A8_AVX512 void AttentionAvx512(const AttentionShape& shape, const PagedKv& kv,
 
 }  // namespace
 
-void CausalAttentionKvHead(Isa isa, const AttentionShape& shape, const PagedKv& kv,
-                           int64_t kv_head, const float* q, int64_t q_stride, int64_t tokens,
-                           int64_t first_position, float* out, int64_t out_stride) {
+void CausalAttentionKvHead(Isa isa, const AttentionShape& shape, const PagedKv& kv, int64_t kv_head,
+                           const float* q, int64_t q_stride, int64_t tokens, int64_t first_position,
+                           float* out, int64_t out_stride) {
   if (tokens <= 0) return;
   if (isa == Isa::kAvx512Vnni) {
     AttentionAvx512(shape, kv, kv_head, q, q_stride, tokens, first_position, out, out_stride);

@@ -9,7 +9,7 @@
 
 namespace w8a8::kernels {
 
-// The cache layout of one layer: block b holds keys (and, at the same offset in `values`,
+// The cache layout of one layer: block b contains keys (and, at the same offset in `values`,
 // values) [kv_head][block_size][head_dim] at keys + b * block_stride.
 struct PagedKv {
   const float* keys = nullptr;
@@ -31,8 +31,8 @@ struct AttentionShape {
 //   out[t * out_stride + h * head_dim + d] = sum_p softmax_p(scale * q.k_p) v_p[d]
 // over the cache positions p <= first_position + t, where q is
 // q[t * q_stride + h * head_dim ...]. The keys and values of every such position must already
-// be in the cache; slots past the newest position are never read as values, so they may hold
-// anything. The AVX-512 path evaluates exp with a polynomial, so results differ from the
+// be in the cache. Slots past the newest position are never read as values, so their contents
+// do not matter. The AVX-512 path evaluates exp with a polynomial, so results differ from the
 // scalar path in the last bits.
 void CausalAttentionKvHead(Isa isa, const AttentionShape& shape, const PagedKv& kv,
                            int64_t kv_head, const float* q, int64_t q_stride, int64_t tokens,

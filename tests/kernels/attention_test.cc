@@ -32,7 +32,7 @@ std::string Describe(Isa isa, const Case& c) {
 }
 
 // A paged cache for one sequence whose blocks are scattered over a larger pool in reverse
-// order. Every slot past the sequence's last position holds NaN, which no kernel may read as
+// order. Every slot past the sequence's last position contains NaN, which no kernel may read as
 // a value.
 struct SequenceCache {
   std::vector<float> keys;
@@ -50,7 +50,8 @@ SequenceCache MakeCache(const Case& c, std::mt19937& engine) {
   cache.keys.assign(static_cast<size_t>(pool * cache.block_stride),
                     std::numeric_limits<float>::quiet_NaN());
   cache.values = cache.keys;
-  for (int64_t b = 0; b < blocks; ++b) cache.block_table.push_back(static_cast<int32_t>(pool - 1 - 2 * b));
+  for (int64_t b = 0; b < blocks; ++b)
+    cache.block_table.push_back(static_cast<int32_t>(pool - 1 - 2 * b));
   std::normal_distribution<float> normal(0.0f, 1.0f);
   for (int64_t p = 0; p < context; ++p) {
     const int64_t block = cache.block_table[static_cast<size_t>(p / c.block_size)];
@@ -67,17 +68,16 @@ SequenceCache MakeCache(const Case& c, std::mt19937& engine) {
 }
 
 // Attention in double precision from the definition.
-std::vector<double> Reference(const Case& c, const SequenceCache& cache, const std::vector<float>& q,
-                              float scale) {
+std::vector<double> Reference(const Case& c, const SequenceCache& cache,
+                              const std::vector<float>& q, float scale) {
   const int64_t group = c.num_heads / c.num_kv_heads;
   const int64_t features = c.num_heads * c.head_dim;
   std::vector<double> out(static_cast<size_t>(c.tokens * features), 0.0);
   auto at = [&](const std::vector<float>& data, int64_t position, int64_t kv_head, int64_t d) {
     const int64_t block = cache.block_table[static_cast<size_t>(position / c.block_size)];
-    return double{data[static_cast<size_t>(block * cache.block_stride +
-                                           (kv_head * c.block_size + position % c.block_size) *
-                                               c.head_dim +
-                                           d)]};
+    return double{data[static_cast<size_t>(
+        block * cache.block_stride +
+        (kv_head * c.block_size + position % c.block_size) * c.head_dim + d)]};
   };
   for (int64_t t = 0; t < c.tokens; ++t) {
     const int64_t context = c.first_position + t + 1;
@@ -191,7 +191,8 @@ TEST(AttentionTest, TokensAttendOnlyToEarlierPositions) {
     }
     const std::vector<float> after = run();
     const size_t last_row = static_cast<size_t>((c.tokens - 1) * features);
-    for (size_t i = 0; i < last_row; ++i) ASSERT_EQ(before[i], after[i]) << IsaName(isa) << " " << i;
+    for (size_t i = 0; i < last_row; ++i)
+      ASSERT_EQ(before[i], after[i]) << IsaName(isa) << " " << i;
     for (size_t i = last_row; i < before.size(); ++i) {
       ASSERT_NE(before[i], after[i]) << IsaName(isa) << " " << i;
     }
