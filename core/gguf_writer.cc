@@ -204,7 +204,8 @@ absl::StatusOr<GgufTokenizerData> ByteLevelBpeData(const std::filesystem::path& 
   const std::string source = path.string();
   GgufTokenizerData data;
   data.model = "gpt2";
-  const std::string pattern = SplitPattern(json["pre_tokenizer"]);
+  const auto pre_tokenizer = json.find("pre_tokenizer");
+  const std::string pattern = pre_tokenizer == json.end() ? "" : SplitPattern(*pre_tokenizer);
   if (pattern == kLlama3SplitPattern) {
     data.pre = "llama-bpe";
   } else {
@@ -217,11 +218,13 @@ absl::StatusOr<GgufTokenizerData> ByteLevelBpeData(const std::filesystem::path& 
     data.pre = "default";
   }
 
-  const nlohmann::json& model = json["model"];
-  if (!model.is_object() || !model.contains("vocab") || !model["vocab"].is_object()) {
+  const auto model_entry = json.find("model");
+  if (model_entry == json.end() || !model_entry->is_object() || !model_entry->contains("vocab") ||
+      !(*model_entry)["vocab"].is_object()) {
     return absl::InvalidArgumentError(
         absl::StrCat(source, ": model.vocab is missing or not an object"));
   }
+  const nlohmann::json& model = *model_entry;
   std::map<int64_t, std::pair<std::string, int32_t>> by_id;  // id -> token, token type.
   for (const auto& [token, id] : model["vocab"].items()) {
     if (!id.is_number_integer() || id.get<int64_t>() < 0) {
@@ -238,7 +241,8 @@ absl::StatusOr<GgufTokenizerData> ByteLevelBpeData(const std::filesystem::path& 
         return absl::InvalidArgumentError(absl::StrCat(
             source, ": added_tokens entry ", added.dump(), " needs an integer id and a content"));
       }
-      const bool special = added.value("special", false);
+      const bool special = added.contains("special") && added["special"].is_boolean() &&
+                           added["special"].get<bool>();
       by_id[added["id"].get<int64_t>()] = {added["content"].get<std::string>(),
                                            special ? kTokenControl : kTokenUserDefined};
     }

@@ -520,6 +520,42 @@ TEST_F(Stories260K, CheckpointWithoutTokenizerIsRejected) {
   EXPECT_FALSE(std::filesystem::exists(dir_ / "model.gguf"));
 }
 
+TEST_F(Stories260K, TokenizerJsonWithoutVocabIsRejected) {
+  testing::WriteFile(dir_ / "hf" / "tokenizer.json", R"({"decoder": {"type": "ByteLevel"}})");
+  const absl::StatusOr<GgufExportSummary> summary =
+      Export(dir_ / "hf", dir_ / "model.gguf", GgufOutType::kF32);
+  ASSERT_FALSE(summary.ok());
+  EXPECT_THAT(summary.status().message(), HasSubstr("model.vocab is missing"));
+  EXPECT_FALSE(std::filesystem::exists(dir_ / "model.gguf"));
+}
+
+TEST_F(Stories260K, ByteLevelTokenizerJsonIsPaddedToTheVocabulary) {
+  // Three tokens and an added token whose "special" is not a bool (so it counts as not
+  // special) for a model of 512 embedding rows; the other ids become [PAD<id>] tokens.
+  testing::WriteFile(dir_ / "hf" / "tokenizer.json", R"({
+      "decoder": {"type": "ByteLevel"},
+      "model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "ab": 2}, "merges": [["a", "b"]]},
+      "added_tokens": [{"id": 5, "content": "<x>", "special": "yes"}]})");
+  ASSERT_TRUE(Export(dir_ / "hf", dir_ / "model.gguf", GgufOutType::kF32).ok());
+  absl::StatusOr<std::unique_ptr<GgufFile>> file = GgufFile::Open(dir_ / "model.gguf");
+  ASSERT_TRUE(file.ok()) << file.status();
+  const std::vector<std::string>& tokens =
+      *(*file)->FindMetadata("tokenizer.ggml.tokens")->AsStringArray();
+  ASSERT_EQ(tokens.size(), 512u);
+  EXPECT_EQ(tokens[2], "ab");
+  EXPECT_EQ(tokens[3], "[PAD3]");
+  EXPECT_EQ(tokens[5], "<x>");
+  EXPECT_EQ(tokens[511], "[PAD511]");
+  const std::vector<int64_t> types =
+      *(*file)->FindMetadata("tokenizer.ggml.token_type")->AsIntArray();
+  EXPECT_EQ(types[0], 1);
+  EXPECT_EQ(types[3], 4);
+  EXPECT_EQ(types[5], 4);
+  EXPECT_EQ(*(*file)->FindMetadata("tokenizer.ggml.merges")->AsStringArray(),
+            std::vector<std::string>{"a b"});
+  EXPECT_EQ(*(*file)->FindMetadata("tokenizer.ggml.pre")->AsString(), "default");
+}
+
 // The `w8a8 export-gguf` command.
 struct CommandResult {
   int exit_code = -1;
