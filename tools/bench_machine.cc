@@ -43,7 +43,7 @@ constexpr int kChunksPerTurn = 16;
 constexpr int kMinReadRounds = 3;
 // MeasureMachine reads for this many times `seconds`, because its one figure stands for many
 // patterns and thread counts.
-constexpr double kReadSecondsFactor = 6.0;
+constexpr double kReadSecondsFactor = 10.0;
 constexpr int kMinComputeRuns = 3;
 
 // ---------------------------------------------------------------------------------------------
@@ -70,8 +70,12 @@ __attribute__((target("avx512f"))) void ReadStreams(const uint8_t* data, int64_t
   for (int64_t offset = 0; offset < part; offset += kBytesPerStreamStep) {
     for (int stream = 0; stream < kStreams; ++stream) {
       const uint8_t* p = data + stream * part + offset;
-      // A prefetch past the end of the buffer does not fault.
-      if constexpr (kPrefetch) _mm_prefetch(p + kPrefetchDistance, _MM_HINT_T0);
+      if constexpr (kPrefetch) {
+        // One prefetch per 64-byte line. A prefetch past the end of the buffer does not fault.
+        for (int64_t line = 0; line < kBytesPerStreamStep; line += 64) {
+          _mm_prefetch(p + kPrefetchDistance + line, _MM_HINT_T0);
+        }
+      }
       Load256(p);
     }
   }
@@ -193,7 +197,7 @@ ReadResult BestOf(const std::vector<ReadResult>& results, Accept accept) {
 // Compute probes.
 
 // On the Xeon (AVX-512 VNNI, AMX) these probes were written on, one thread ran 4 vpdpbusd
-// chains at 0.37 of its peak and 12 chains at the peak, which fits a latency of about 5 cycles
+// chains at 0.37 of its peak and 12 chains at the peak. That fits a latency of about 5 cycles
 // at 2 instructions per cycle, so at least 10 chains are needed. kChains = 24 leaves a margin,
 // and the half-chain probe (12) shows on each run whether the full probe is latency-bound.
 constexpr int kChains = 24;

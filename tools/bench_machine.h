@@ -16,10 +16,10 @@ struct Ceiling {
   double all_threads = 0.0;
 };
 
-// One way of reading the bandwidth buffer: `threads` OpenMP threads each read an equal slice
-// of a chunk, split into `streams` parts that the thread reads side by side, 256 bytes of each
-// part per loop iteration as four 64-byte vmovdqa64 loads. With `prefetch`, each iteration also issues
-// prefetcht0 for every part a fixed distance ahead.
+// One way of reading the bandwidth buffer. `threads` OpenMP threads each read an equal slice
+// of a chunk, split into `streams` parts that the thread reads side by side. Each loop
+// iteration reads 256 bytes of each part as four 64-byte vmovdqa64 loads. With `prefetch`, each iteration
+// also issues prefetcht0 for the same 4 cache lines of every part 2 KiB ahead.
 struct ReadPattern {
   int threads = 1;
   int streams = 1;
@@ -74,7 +74,7 @@ int64_t DramResidentBytes();
 bool ReadsDram(int64_t bytes);
 
 // Measures every ceiling. The read patterns take turns in rounds, at least 3 rounds and until
-// 6 x `seconds` have passed. In each turn a pattern reads 16 chunks of 16 MiB of a buffer of
+// 10 x `seconds` have passed. In each turn a pattern reads 16 chunks of 16 MiB of a buffer of
 // DramResidentBytes(), each chunk timed on its own, and keeps its fastest chunk. Interleaving
 // lets every pattern see the same drift in load, and short timed chunks let the best one
 // escape interruptions by other processes. Each compute figure is the best of at least 3 runs
