@@ -1,6 +1,6 @@
-// GGUF export: a llama3-tiny checkpoint made by make-model (real Llama 3 tokenizer) and
-// stories260K written back and forth, reloaded with our own GGUF reader; Q8_0 encoding; the
-// `w8a8 export-gguf` command's errors.
+// GGUF export of a llama3-tiny checkpoint made by make-model (real Llama 3 tokenizer) and of
+// stories260K, each reloaded with our own GGUF reader. Also Q8_0 encoding and the errors of
+// the `w8a8 export-gguf` command.
 #include "core/gguf_writer.h"
 
 #include <sys/wait.h>
@@ -118,7 +118,7 @@ TEST_F(TinyLlama3, F32ExportGivesTheSourceLogits) {
   EXPECT_LE(MaxAbsDifference(source, exported), 1e-6);
 }
 
-TEST_F(TinyLlama3, Bf16ExportOfBf16SourceGivesTheSourceLogits) {
+TEST_F(TinyLlama3, Bf16ExportOfBf16SourceIsLossless) {
   // make-model writes BF16 weights, so a BF16 export stores the same values.
   const std::vector<float> source = Logits(source_dir());
   const std::vector<float> exported = Logits(Exported(GgufOutType::kBF16));
@@ -181,7 +181,8 @@ TEST_F(TinyLlama3, F32ExportReadsBackTensorForTensor) {
   for (const std::string& name : (*source)->TensorNames()) {
     absl::StatusOr<TensorView> a = (*source)->Tensor(name);
     absl::StatusOr<TensorView> b = (*exported)->Tensor(name);
-    ASSERT_TRUE(a.ok() && b.ok()) << name;
+    ASSERT_TRUE(a.ok()) << a.status();
+    ASSERT_TRUE(b.ok()) << b.status();
     EXPECT_EQ(a->shape, b->shape) << name;
     EXPECT_EQ(*ToFloat32(*a), *ToFloat32(*b)) << name;
   }
@@ -430,7 +431,8 @@ TEST_F(Stories260K, ExportFromSafetensorsEqualsTheOriginalGguf) {
   ASSERT_TRUE(summary.ok()) << summary.status();
   absl::StatusOr<std::unique_ptr<GgufFile>> original = GgufFile::Open(testing::Stories260KGguf());
   absl::StatusOr<std::unique_ptr<GgufFile>> exported = GgufFile::Open(dir_ / "stories.gguf");
-  ASSERT_TRUE(original.ok() && exported.ok());
+  ASSERT_TRUE(original.ok()) << original.status();
+  ASSERT_TRUE(exported.ok()) << exported.status();
   ExpectSameTensors(**original, **exported);
   ExpectSameTokenizer(**original, **exported);
   EXPECT_EQ(summary->tensor_count, static_cast<int64_t>((*original)->tensors().size()));
@@ -440,7 +442,8 @@ TEST_F(Stories260K, ExportFromGgufEqualsTheOriginalGguf) {
   ASSERT_TRUE(Export(testing::Stories260KGguf(), dir_ / "again.gguf", GgufOutType::kF32).ok());
   absl::StatusOr<std::unique_ptr<GgufFile>> original = GgufFile::Open(testing::Stories260KGguf());
   absl::StatusOr<std::unique_ptr<GgufFile>> exported = GgufFile::Open(dir_ / "again.gguf");
-  ASSERT_TRUE(original.ok() && exported.ok());
+  ASSERT_TRUE(original.ok()) << original.status();
+  ASSERT_TRUE(exported.ok()) << exported.status();
   ExpectSameTensors(**original, **exported);
   ExpectSameTokenizer(**original, **exported);
 }
@@ -459,7 +462,7 @@ TEST_F(Stories260K, ReloadedTokenizerGivesTheSourceIds) {
   }
 }
 
-TEST_F(Stories260K, Q8_0FallsBackToF16ForRowsOf172) {
+TEST_F(Stories260K, Q8_0FallsBackToF16) {
   const absl::StatusOr<GgufExportSummary> summary =
       Export(dir_ / "hf", dir_ / "q8.gguf", GgufOutType::kQ8_0);
   ASSERT_TRUE(summary.ok()) << summary.status();
@@ -529,7 +532,7 @@ TEST_F(Stories260K, TokenizerJsonWithoutVocabIsRejected) {
   EXPECT_FALSE(std::filesystem::exists(dir_ / "model.gguf"));
 }
 
-TEST_F(Stories260K, ByteLevelTokenizerJsonIsPaddedToTheVocabulary) {
+TEST_F(Stories260K, TokenizerJsonPaddedToVocabulary) {
   // Three tokens and an added token whose "special" is not a bool (so it counts as not
   // special) for a model of 512 embedding rows; the other ids become [PAD<id>] tokens.
   testing::WriteFile(dir_ / "hf" / "tokenizer.json", R"({
