@@ -54,19 +54,23 @@ struct RotatedKernel {
   double peak_gops = 0.0;      // The ceiling of the peak fraction.
   int64_t bytes_read = 0;      // Weight and scale bytes one product reads.
   int64_t copies = 0;
+  // Whether each copy prepares state on its first product at a new m, so that every copy runs
+  // once untimed before timing. oneDNN's Int8Matmul creates a primitive per m and per copy.
+  bool warm_every_copy = false;
   // Runs one product with copy `copy` on the m x k input, writing the m x n output.
   std::function<void(int64_t copy, int64_t m)> run;
 };
 
-// Runs `kernel` once untimed, then cycles through its copies for at least `seconds`, and
-// returns the fastest product in seconds.
+// Runs `kernel` once untimed (every copy once with warm_every_copy), then cycles through its
+// copies for at least `seconds`, and returns the fastest product in seconds.
 double FastestRotatedRun(const RotatedKernel& kernel, int64_t m, double seconds) {
   int64_t next = 0;
   auto product = [&] {
     kernel.run(next, m);
     next = next + 1 == kernel.copies ? 0 : next + 1;
   };
-  product();
+  const int64_t warm_runs = kernel.warm_every_copy ? kernel.copies : 1;
+  for (int64_t run = 0; run < warm_runs; ++run) product();
   return FastestRun(seconds, 1, product);
 }
 
@@ -138,6 +142,7 @@ absl::StatusOr<nlohmann::json> RunKernelSuite(const MachineCeilings& machine, do
       kernel.peak_gops = machine.int8_gops.all_threads;
       kernel.bytes_read = n * k + static_cast<int64_t>(sizeof(float)) * n * groups;
       kernel.copies = CopiesFor(rotation_bytes, kernel.bytes_read);
+      kernel.warm_every_copy = group_size == 0;
       std::vector<std::unique_ptr<kernels::Int8Matmul>> copies;
       for (int64_t copy = 0; copy < kernel.copies; ++copy) {
         absl::StatusOr<std::unique_ptr<kernels::Int8Matmul>> matmul =
