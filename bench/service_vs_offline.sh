@@ -5,7 +5,9 @@
 # in-process) with the same model, plan, threads, prompt, requests, max_tokens and
 # concurrency. Both processes start cold, so each side pays the same first-call costs. It
 # prints both reports, the ratio service / offline of generated tokens per second in every
-# round, and the ratio of the medians over the rounds.
+# round, and the ratio of the medians over the rounds. It also compares CPU time per generated
+# token (server plus client against the offline process), which other processes on a shared
+# machine disturb less than wall time.
 #
 # Usage: bench/service_vs_offline.sh [BUILD_DIR [MODEL]]
 #   BUILD_DIR  a build directory with w8a8, w8a8-server and w8a8-client (default: build)
@@ -71,6 +73,11 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# User plus system CPU seconds of a running process, from /proc/PID/stat.
+process_cpu_seconds() {
+  awk -v ticks="$(getconf CLK_TCK)" '{ printf "%.3f\n", ($14 + $15) / ticks }' "/proc/$1/stat"
+}
+
 # Starts the server with port 0 and reads the port it bound from its log, then waits until
 # health is SERVING. Sets server_pid and address.
 start_server() {
@@ -113,10 +120,17 @@ for concurrency in $concurrencies; do
     echo
     echo "== concurrency $concurrency, round $round: gRPC service at $address" \
       "(load average $(cut -d' ' -f1 /proc/loadavg))"
+    server_cpu_start=$(process_cpu_seconds "$server_pid")
     "$client_bin" load --address "$address" --prompt "$prompt" --max-tokens "$max_tokens" \
       --ignore-eos --requests "$requests" --concurrency "$concurrency" --json \
-      >"$out/service-$tag.json"
+      >"$work/client-report.json"
+    server_cpu_end=$(process_cpu_seconds "$server_pid")
     stop_server
+    python3 -c 'import json, sys
+report = json.load(open(sys.argv[1]))
+report["server_cpu_seconds"] = float(sys.argv[3]) - float(sys.argv[2])
+json.dump(report, open(sys.argv[4], "w"), indent=2)' \
+      "$work/client-report.json" "$server_cpu_start" "$server_cpu_end" "$out/service-$tag.json"
     cat "$out/service-$tag.json"
 
     echo "== concurrency $concurrency, round $round: offline engine" \
@@ -147,9 +161,10 @@ import json, statistics, sys
 
 out, rounds, concurrencies = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 print("service / offline; tok/s and p50 latencies are medians over the rounds")
-print("%11s  %13s  %13s  %6s  %-24s  %9s  %9s  %9s  %9s" % (
+print("%11s  %13s  %13s  %6s  %-24s  %9s  %9s  %9s  %9s  %11s  %11s  %9s" % (
     "concurrency", "service tok/s", "offline tok/s", "ratio", "ratio per round",
-    "TTFT svc", "TTFT off", "ITL svc", "ITL off"))
+    "TTFT svc", "TTFT off", "ITL svc", "ITL off", "CPU us/tok svc", "CPU us/tok off",
+    "CPU ratio"))
 for concurrency in concurrencies:
     def load(side):
         return [json.load(open("%s/%s-c%s-r%d.json" % (out, side, concurrency, r)))
@@ -162,11 +177,17 @@ for concurrency in concurrencies:
     offline_rate = median(offline, "tokens_per_second")
     per_round = " ".join("%.3f" % (s["tokens_per_second"] / o["tokens_per_second"])
                          for s, o in zip(service, offline))
-    print("%11s  %13.1f  %13.1f  %6.3f  %-24s  %6.2f ms  %6.2f ms  %6.3f ms  %6.3f ms" % (
+    # Server plus client CPU per generated token, against the offline process.
+    service_cpu = statistics.median(
+        (r["server_cpu_seconds"] + r["cpu_seconds"]) / r["generated_tokens"] for r in service)
+    offline_cpu = statistics.median(r["cpu_seconds"] / r["generated_tokens"] for r in offline)
+    print("%11s  %13.1f  %13.1f  %6.3f  %-24s  %6.2f ms  %6.2f ms  %6.3f ms  %6.3f ms  "
+          "%14.1f  %14.1f  %9.2f" % (
         concurrency, service_rate, offline_rate, service_rate / offline_rate, per_round,
         median(service, "time_to_first_token_seconds", "p50") * 1e3,
         median(offline, "time_to_first_token_seconds", "p50") * 1e3,
         median(service, "inter_token_latency_seconds", "p50") * 1e3,
-        median(offline, "inter_token_latency_seconds", "p50") * 1e3))
+        median(offline, "inter_token_latency_seconds", "p50") * 1e3,
+        service_cpu * 1e6, offline_cpu * 1e6, service_cpu / offline_cpu))
 PYTHON
 if [[ -n ${OUT:-} ]]; then echo "JSON reports in $out"; fi

@@ -1,5 +1,7 @@
 #include "client/load_generator.h"
 
+#include <sys/resource.h>
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -18,6 +20,16 @@ using Clock = std::chrono::steady_clock;
 
 double SecondsBetween(Clock::time_point from, Clock::time_point to) {
   return std::chrono::duration<double>(to - from).count();
+}
+
+// User plus system CPU seconds of every thread of this process so far.
+double ProcessCpuSeconds() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  auto seconds = [](const timeval& time) {
+    return static_cast<double>(time.tv_sec) + static_cast<double>(time.tv_usec) * 1e-6;
+  };
+  return seconds(usage.ru_utime) + seconds(usage.ru_stime);
 }
 
 // Nearest-rank percentiles.
@@ -56,6 +68,7 @@ LoadReport RunLoad(const std::shared_ptr<grpc::Channel>& channel,
   std::vector<double> ttft, itl, latency;
   std::atomic<int64_t> started{0};
 
+  const double cpu_start = ProcessCpuSeconds();
   const Clock::time_point start = Clock::now();
   const Clock::time_point end =
       start + std::chrono::microseconds(static_cast<int64_t>(options.duration_seconds * 1e6));
@@ -111,6 +124,7 @@ LoadReport RunLoad(const std::shared_ptr<grpc::Channel>& channel,
   for (std::thread& thread : threads) thread.join();
 
   report.seconds = SecondsBetween(start, Clock::now());
+  report.cpu_seconds = ProcessCpuSeconds() - cpu_start;
   if (report.seconds > 0) {
     report.requests_per_second = static_cast<double>(report.succeeded) / report.seconds;
     report.tokens_per_second = static_cast<double>(report.generated_tokens) / report.seconds;
@@ -129,6 +143,7 @@ nlohmann::json LoadReportToJson(const LoadReport& report) {
           {"first_error", report.first_error},
           {"generated_tokens", report.generated_tokens},
           {"seconds", report.seconds},
+          {"cpu_seconds", report.cpu_seconds},
           {"requests_per_second", report.requests_per_second},
           {"tokens_per_second", report.tokens_per_second},
           {"time_to_first_token_seconds", PercentilesToJson(report.time_to_first_token)},

@@ -31,6 +31,7 @@ struct LoadReport {
   std::string first_error;                // Message of the first failure.
   int64_t generated_tokens = 0;
   double seconds = 0;
+  double cpu_seconds = 0;  // User plus system CPU time of this process during the load.
   double requests_per_second = 0;
   double tokens_per_second = 0;
   Percentiles time_to_first_token;  // Seconds from sending to the first token.

@@ -6,7 +6,8 @@
 //   w8a8-client info
 //   w8a8-client quant get | analyze [--plan auto] | update (--plan NAME | --plan-file FILE) [--wait]
 //   w8a8-client health
-//   w8a8-client load [--concurrency 4] [--duration-seconds 10 | --requests N]
+//   w8a8-client load [--concurrency 4] [--duration-seconds 10 | --requests N] [--max-tokens N]
+//                    [--ignore-eos] [--json]
 //
 // Exit codes: 0 success, 1 the RPC failed (the message names the status code), 2 invalid
 // command line, 3 health check returned a status other than SERVING.

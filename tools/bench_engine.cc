@@ -1,6 +1,8 @@
 // The engine suite of `w8a8 bench`: the continuous batching engine that w8a8-server runs,
 // driven in-process with the same closed-loop load that `w8a8-client load` sends over gRPC, so
 // the two reports compare serving overhead on identical work.
+#include <sys/resource.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -28,6 +30,16 @@ using Clock = std::chrono::steady_clock;
 
 double SecondsBetween(Clock::time_point from, Clock::time_point to) {
   return std::chrono::duration<double>(to - from).count();
+}
+
+// User plus system CPU seconds of every thread of this process so far.
+double ProcessCpuSeconds() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  auto seconds = [](const timeval& time) {
+    return static_cast<double>(time.tv_sec) + static_cast<double>(time.tv_usec) * 1e-6;
+  };
+  return seconds(usage.ru_utime) + seconds(usage.ru_stime);
 }
 
 // Nearest-rank percentiles with the fields and units of `w8a8-client load --json`.
@@ -242,11 +254,15 @@ absl::StatusOr<nlohmann::json> RunEngineSuite(const EngineSuiteOptions& options)
   }
 
   ClosedLoop loop(*engine, std::move(request), options.requests);
+  const double cpu_start = ProcessCpuSeconds();
   loop.Run(options.concurrency);
   // The last callback may still be running when Run returns; stopping the engine waits for it,
   // so `loop` is no longer referenced by the engine thread.
   engine.reset();
+  const double cpu_seconds = ProcessCpuSeconds() - cpu_start;
   nlohmann::json report = loop.Report(options.concurrency);
+  // CPU time of the run, less sensitive than wall time to other processes on a shared machine.
+  report["cpu_seconds"] = cpu_seconds;
   report["path"] = options.model_path;
   report["plan"] = options.plan;
   report["load_seconds"] = load_seconds;

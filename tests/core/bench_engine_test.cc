@@ -85,6 +85,7 @@ TEST_F(BenchEngineCli, ReportsEveryRequestedToken) {
   EXPECT_GT(engine["seconds"].get<double>(), 0.0);
   EXPECT_GT(engine["tokens_per_second"].get<double>(), 0.0);
   EXPECT_GT(engine["requests_per_second"].get<double>(), 0.0);
+  EXPECT_GE(engine["cpu_seconds"].get<double>(), 0.0);
   EXPECT_NEAR(engine["tokens_per_second"].get<double>(),
               engine["requests_per_second"].get<double>() * kMaxTokens,
               1e-6 * engine["tokens_per_second"].get<double>());
