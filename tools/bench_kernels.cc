@@ -111,6 +111,28 @@ struct Inputs {
   std::vector<float> y;
 };
 
+// Inputs for every row count of `shape`, in the order of kRowCounts.
+std::vector<Inputs> MakeInputs(const LayerShape& shape) {
+  std::vector<Inputs> inputs(kRowCountCount);
+  for (int row = 0; row < kRowCountCount; ++row) {
+    const int64_t m = kRowCounts[row];
+    inputs[row] = {RandomInt8(m * shape.k, 3), std::vector<float>(m, 0.02f),
+                   RandomFloats(m * shape.k, 4), std::vector<float>(m * shape.n)};
+  }
+  return inputs;
+}
+
+// Times `kernel` at every row count and appends one case per row count to `results[row]`.
+void MeasureRowCounts(const RotatedKernel& kernel, const LayerShape& shape,
+                      const MachineCeilings& machine, double seconds,
+                      std::vector<std::vector<nlohmann::json>>& results) {
+  for (int row = 0; row < kRowCountCount; ++row) {
+    const int64_t m = kRowCounts[row];
+    results[row].push_back(
+        CaseJson(kernel, shape, m, FastestRotatedRun(kernel, m, seconds), machine));
+  }
+}
+
 }  // namespace
 
 absl::StatusOr<nlohmann::json> RunKernelSuite(const MachineCeilings& machine, double seconds) {
@@ -118,12 +140,7 @@ absl::StatusOr<nlohmann::json> RunKernelSuite(const MachineCeilings& machine, do
   nlohmann::json cases = nlohmann::json::array();
   for (const LayerShape& shape : kShapes) {
     const int64_t n = shape.n, k = shape.k;
-    std::vector<Inputs> inputs(kRowCountCount);
-    for (int row = 0; row < kRowCountCount; ++row) {
-      const int64_t m = kRowCounts[row];
-      inputs[row] = {RandomInt8(m * k, 3), std::vector<float>(m, 0.02f), RandomFloats(m * k, 4),
-                     std::vector<float>(m * n)};
-    }
+    std::vector<Inputs> inputs = MakeInputs(shape);
     auto input_for = [&](int64_t m) -> Inputs& {
       const int64_t* found = std::find(std::begin(kRowCounts), std::end(kRowCounts), m);
       return inputs[found - std::begin(kRowCounts)];
@@ -154,11 +171,7 @@ absl::StatusOr<nlohmann::json> RunKernelSuite(const MachineCeilings& machine, do
         Inputs& in = input_for(m);
         copies[copy]->Run(in.xq.data(), in.x_scales.data(), m, in.y.data());
       };
-      for (int row = 0; row < kRowCountCount; ++row) {
-        const int64_t m = kRowCounts[row];
-        results[row].push_back(
-            CaseJson(kernel, shape, m, FastestRotatedRun(kernel, m, seconds), machine));
-      }
+      MeasureRowCounts(kernel, shape, machine, seconds, results);
     }
 
     {
@@ -173,11 +186,7 @@ absl::StatusOr<nlohmann::json> RunKernelSuite(const MachineCeilings& machine, do
         Inputs& in = input_for(m);
         kernels::GemmF32(in.x.data(), copies[copy].data(), in.y.data(), m, n, k);
       };
-      for (int row = 0; row < kRowCountCount; ++row) {
-        const int64_t m = kRowCounts[row];
-        results[row].push_back(
-            CaseJson(kernel, shape, m, FastestRotatedRun(kernel, m, seconds), machine));
-      }
+      MeasureRowCounts(kernel, shape, machine, seconds, results);
     }
 
     for (std::vector<nlohmann::json>& row : results) {
