@@ -12,6 +12,7 @@
 #include "kernels/attention.h"
 #include "kernels/fused.h"
 #include "kernels/gemm.h"
+#include "kernels/gemm_bf16.h"
 
 namespace w8a8 {
 
@@ -115,11 +116,20 @@ void RmsNorm(const float* x, const float* weight, int64_t rows, int64_t dim, flo
 // model owns instead of keeping a second copy of [vocab, hidden] floats.
 class TiedLmHead final : public LinearLayer {
  public:
-  TiedLmHead(const std::vector<float>& embedding, int64_t vocab_size, int64_t hidden_size)
-      : embedding_(embedding), vocab_size_(vocab_size), hidden_size_(hidden_size) {}
+  // Exactly one of `embedding` and `embedding_bf16` is non-empty.
+  TiedLmHead(const std::vector<float>& embedding, const std::vector<uint16_t>& embedding_bf16,
+             int64_t vocab_size, int64_t hidden_size)
+      : embedding_(embedding),
+        embedding_bf16_(embedding_bf16),
+        vocab_size_(vocab_size),
+        hidden_size_(hidden_size) {}
 
   void Forward(const float* x, int64_t m, float* y) const override {
-    kernels::GemmF32(x, embedding_.data(), y, m, vocab_size_, hidden_size_);
+    if (!embedding_bf16_.empty()) {
+      kernels::GemmBf16Weights(x, embedding_bf16_.data(), y, m, vocab_size_, hidden_size_);
+    } else {
+      kernels::GemmF32(x, embedding_.data(), y, m, vocab_size_, hidden_size_);
+    }
   }
   int64_t in_features() const override { return hidden_size_; }
   int64_t out_features() const override { return vocab_size_; }
@@ -128,6 +138,7 @@ class TiedLmHead final : public LinearLayer {
 
  private:
   const std::vector<float>& embedding_;
+  const std::vector<uint16_t>& embedding_bf16_;
   int64_t vocab_size_;
   int64_t hidden_size_;
 };
@@ -207,8 +218,18 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Create(const Checkpoint& checkpoin
   const int64_t q_features = config.num_attention_heads * config.head_dim;
   const int64_t kv_features = config.num_key_value_heads * config.head_dim;
 
-  ASSIGN_OR_RETURN(model->embedding_,
-                   checkpoint.LoadFloat32("model.embed_tokens.weight", {config.vocab_size, hidden}));
+  // A BF16 embedding stays BF16: lookups convert rows exactly, so nothing is lost.
+  const std::string embedding_name = "model.embed_tokens.weight";
+  ASSIGN_OR_RETURN(const TensorView embedding_view, checkpoint.Tensor(embedding_name));
+  if (embedding_view.dtype == DType::kBF16 &&
+      embedding_view.shape == std::vector<int64_t>{config.vocab_size, hidden}) {
+    model->embedding_bf16_.resize(static_cast<size_t>(config.vocab_size * hidden));
+    std::memcpy(model->embedding_bf16_.data(), embedding_view.data,
+                model->embedding_bf16_.size() * sizeof(uint16_t));
+  } else {
+    ASSIGN_OR_RETURN(model->embedding_,
+                     checkpoint.LoadFloat32(embedding_name, {config.vocab_size, hidden}));
+  }
   for (int64_t l = 0; l < config.num_hidden_layers; ++l) {
     const std::string prefix = absl::StrCat("model.layers.", l, ".");
     auto layer = std::make_unique<Layer>();
@@ -238,7 +259,8 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Create(const Checkpoint& checkpoin
   ASSIGN_OR_RETURN(model->lm_head_, BuildLinear(checkpoint, factory, "lm_head", config.vocab_size,
                                                 hidden, shared_embedding));
   if (model->lm_head_ == nullptr) {
-    model->lm_head_ = std::make_unique<TiedLmHead>(model->embedding_, config.vocab_size, hidden);
+    model->lm_head_ = std::make_unique<TiedLmHead>(model->embedding_, model->embedding_bf16_,
+                                                   config.vocab_size, hidden);
   }
   model->rope_inv_freq_ = RopeInverseFrequencies(config);
   // GGUF files carry Llama 3 rope scaling as per-frequency divisors instead of rope_scaling.
@@ -279,8 +301,12 @@ std::vector<LinearLayerInfo> Model::LinearLayers() const {
   return infos;
 }
 
+size_t Model::embedding_bytes() const {
+  return embedding_.size() * sizeof(float) + embedding_bf16_.size() * sizeof(uint16_t);
+}
+
 size_t Model::weight_bytes() const {
-  size_t bytes = (embedding_.size() + final_norm_.size()) * sizeof(float);
+  size_t bytes = embedding_bytes() + final_norm_.size() * sizeof(float);
   for (const LinearLayerInfo& info : LinearLayers()) bytes += info.weight_bytes;
   for (const auto& layer : layers_) {
     bytes += (layer->input_norm.size() + layer->post_attention_norm.size()) * sizeof(float);
@@ -459,8 +485,12 @@ void Model::RunChunk(std::span<const ChunkStep> steps, KvCache& cache,
   for (int64_t t = 0; t < num_tokens; ++t) {
     const ChunkStep& step = steps[static_cast<size_t>(token_step[t])];
     const int32_t token = step.tokens[static_cast<size_t>(token_position[t] - step.start_position)];
-    std::memcpy(x.data() + t * hidden, embedding_.data() + token * hidden,
-                static_cast<size_t>(hidden) * sizeof(float));
+    if (!embedding_bf16_.empty()) {
+      kernels::Bf16ToFloat(embedding_bf16_.data() + token * hidden, hidden, x.data() + t * hidden);
+    } else {
+      std::memcpy(x.data() + t * hidden, embedding_.data() + token * hidden,
+                  static_cast<size_t>(hidden) * sizeof(float));
+    }
   }
 
   for (size_t l = 0; l < layers_.size(); ++l) {

@@ -87,6 +87,8 @@ class Model {
   const ModelConfig& config() const { return config_; }
   std::vector<LinearLayerInfo> LinearLayers() const;
   size_t weight_bytes() const;
+  // Bytes of the embedding matrix, included in weight_bytes().
+  size_t embedding_bytes() const;
 
  private:
   Model() = default;
@@ -97,7 +99,10 @@ class Model {
   void RunChunk(std::span<const ChunkStep> steps, KvCache& cache, std::vector<float>& logits) const;
 
   ModelConfig config_;
-  std::vector<float> embedding_;  // [vocab, hidden]
+  // [vocab, hidden] in exactly one of two forms: BF16 when the checkpoint stores it in BF16
+  // (which halves its memory and the bytes a tied lm_head reads), else FP32.
+  std::vector<float> embedding_;
+  std::vector<uint16_t> embedding_bf16_;
   std::vector<float> final_norm_;
   // With tied embeddings, lm_head_ reads embedding_ and reports 0 weight bytes of its own.
   std::unique_ptr<LinearLayer> lm_head_;

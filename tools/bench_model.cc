@@ -116,16 +116,13 @@ absl::StatusOr<double> MeanDecodeStep(const Model& model, int64_t sequences, dou
   return (omp_get_wtime() - start) / static_cast<double>(steps);
 }
 
-// Bytes of weights one decode step reads: every linear layer, the norms, and the FP32
-// embedding when it serves as lm_head. An embedding that is not the lm_head (untied, or tied
-// but replaced by a quantized copy) is only looked up row by row, so it is left out.
+// Bytes of weights one decode step reads: every linear layer, the norms, and the embedding
+// when it serves as lm_head. An embedding that is not the lm_head (untied, or tied but
+// replaced by a quantized copy) is only looked up row by row, so it is left out.
 double DecodeBytesPerStep(const Model& model) {
-  const ModelConfig& config = model.config();
   double bytes = static_cast<double>(model.weight_bytes());
   const bool head_reads_embedding = model.LinearLayers().back().weight_bytes == 0;
-  if (!head_reads_embedding) {
-    bytes -= static_cast<double>(config.vocab_size * config.hidden_size) * sizeof(float);
-  }
+  if (!head_reads_embedding) bytes -= static_cast<double>(model.embedding_bytes());
   return bytes;
 }
 

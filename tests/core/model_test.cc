@@ -21,7 +21,17 @@ class MemoryCheckpoint final : public Checkpoint {
   explicit MemoryCheckpoint(ModelConfig config) : config_(std::move(config)) {}
 
   void Add(const std::string& name, std::vector<int64_t> shape, std::vector<float> data) {
-    tensors_[name] = {std::move(shape), std::move(data)};
+    tensors_[name] = {std::move(shape), std::move(data), {}};
+  }
+  // Stores `data` rounded toward zero to BF16, as a BF16 tensor.
+  void AddBf16(const std::string& name, std::vector<int64_t> shape, const std::vector<float>& data) {
+    Stored stored{std::move(shape), {}, {}};
+    for (float value : data) {
+      uint32_t bits;
+      std::memcpy(&bits, &value, sizeof(bits));
+      stored.bf16.push_back(static_cast<uint16_t>(bits >> 16));
+    }
+    tensors_[name] = std::move(stored);
   }
   void Remove(const std::string& name) { tensors_.erase(name); }
   std::vector<float>& Data(const std::string& name) { return tensors_.at(name).data; }
@@ -42,8 +52,14 @@ class MemoryCheckpoint final : public Checkpoint {
     if (it == tensors_.end()) return absl::NotFoundError(absl::StrCat("no tensor ", name));
     TensorView view;
     view.name = name;
-    view.dtype = DType::kF32;
     view.shape = it->second.shape;
+    if (!it->second.bf16.empty()) {
+      view.dtype = DType::kBF16;
+      view.data = reinterpret_cast<const std::byte*>(it->second.bf16.data());
+      view.size_bytes = it->second.bf16.size() * sizeof(uint16_t);
+      return view;
+    }
+    view.dtype = DType::kF32;
     view.data = reinterpret_cast<const std::byte*>(it->second.data.data());
     view.size_bytes = it->second.data.size() * sizeof(float);
     return view;
@@ -57,6 +73,7 @@ class MemoryCheckpoint final : public Checkpoint {
   struct Stored {
     std::vector<int64_t> shape;
     std::vector<float> data;
+    std::vector<uint16_t> bf16;  // Non-empty for a BF16 tensor, which then has no `data`.
   };
   std::filesystem::path path_ = "memory";
   ModelConfig config_;
@@ -351,6 +368,43 @@ TEST(ModelTest, PlanQuantizesTiedLmHeadFromEmbedding) {
   }
   EXPECT_GT(max_error, 0.0f);
   EXPECT_LT(max_error, 0.02f * max_logit);
+}
+
+TEST(ModelTest, Bf16EmbeddingStaysBf16WithSameLogits) {
+  ModelConfig config = SmallConfig();
+  config.tie_word_embeddings = true;
+  auto bf16 = RandomCheckpoint(config, 12);
+  bf16->Remove("lm_head.weight");
+  const std::vector<float> embedding = bf16->Data("model.embed_tokens.weight");
+  bf16->AddBf16("model.embed_tokens.weight", {config.vocab_size, config.hidden_size}, embedding);
+  // The same values in FP32: BF16 -> FP32 is exact.
+  auto fp32 = RandomCheckpoint(config, 12);
+  fp32->Remove("lm_head.weight");
+  absl::StatusOr<std::vector<float>> widened =
+      bf16->LoadFloat32("model.embed_tokens.weight", {config.vocab_size, config.hidden_size});
+  ASSERT_TRUE(widened.ok()) << widened.status();
+  fp32->Data("model.embed_tokens.weight") = *widened;
+
+  auto bf16_model = Model::Create(*bf16, Fp32LinearFactory());
+  auto fp32_model = Model::Create(*fp32, Fp32LinearFactory());
+  ASSERT_TRUE(bf16_model.ok()) << bf16_model.status();
+  ASSERT_TRUE(fp32_model.ok()) << fp32_model.status();
+  const size_t elements = static_cast<size_t>(config.vocab_size * config.hidden_size);
+  EXPECT_EQ((*bf16_model)->embedding_bytes(), elements * sizeof(uint16_t));
+  EXPECT_EQ((*fp32_model)->embedding_bytes(), elements * sizeof(float));
+  EXPECT_EQ((*fp32_model)->weight_bytes() - (*bf16_model)->weight_bytes(),
+            elements * sizeof(uint16_t));
+
+  // Rows of 1 and 5 logits cover the in-register product and the converted-block product.
+  for (const size_t count : {size_t{1}, size_t{5}}) {
+    const std::vector<int32_t> prompt(kPrompt.begin(), kPrompt.begin() + 6);
+    const std::vector<float> expected = RunInPieces(**fp32_model, prompt, count, Iota(5), 4, 5);
+    const std::vector<float> actual = RunInPieces(**bf16_model, prompt, count, Iota(5), 4, 5);
+    ASSERT_EQ(actual.size(), expected.size());
+    for (size_t i = 0; i < expected.size(); ++i) {
+      ASSERT_NEAR(actual[i], expected[i], 1e-5f * (1.0f + std::abs(expected[i]))) << i;
+    }
+  }
 }
 
 TEST(ModelTest, DecodeOneByOneMatchesPrefill) {
