@@ -4,6 +4,8 @@
 #include <cmath>
 #include <limits>
 #include <numeric>
+#include <optional>
+#include <vector>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
@@ -11,6 +13,13 @@
 
 namespace w8a8 {
 namespace {
+
+// Top-p without min-p sorts only the tokens at least this likely relative to the most likely
+// one, unless they carry less than top_p of the probability.
+constexpr double kShortlistFloor = 1e-7;
+// Tokens whose logit is more than this many temperatures below the best have a relative
+// probability under exp(-40) = 4.2e-18. Even 128K of them move the total by under 6e-13.
+constexpr double kNegligibleLogit = 40.0;
 
 absl::Status OutOfRange(const char* field, double value, const char* range) {
   return absl::InvalidArgumentError(
@@ -115,26 +124,61 @@ int32_t Sampler::Sample(std::span<float> logits, std::span<const int32_t> histor
     return la > lb || (la == lb && a < b);
   };
   const bool truncate = params_.top_k > 0 || params_.top_p < 1.0 || params_.min_p > 0.0;
+  float max_logit = -std::numeric_limits<float>::infinity();
+  for (const float logit : logits) max_logit = std::max(max_logit, logit);
+  const auto relative = [&](int32_t id) {
+    return std::exp((static_cast<double>(logits[static_cast<size_t>(id)]) - max_logit) /
+                    params_.temperature);
+  };
+  // Top-p normalizes by the mass of every candidate, which a shortlist below leaves out.
+  std::optional<double> full_total;
   if (params_.top_k > 0 && static_cast<size_t>(params_.top_k) < candidates.size()) {
     const auto kth = candidates.begin() + params_.top_k;
     std::partial_sort(candidates.begin(), kth, candidates.end(), higher);
     candidates.erase(kth, candidates.end());
   } else if (truncate) {
-    std::sort(candidates.begin(), candidates.end(), higher);
+    // Sorting a 128K vocabulary per token costs milliseconds, and only the most likely tokens
+    // can survive top-p and min-p. The shortlist keeps the tokens whose probability is at
+    // least kShortlistFloor (or min_p, which drops the rest anyway) times the largest one, with
+    // slack for rounding. Every other token has a smaller logit, so the sorted shortlist is
+    // the start of the fully sorted order. Min-p then applies its exact test below.
+    const double floor = params_.min_p > 0.0 ? params_.min_p : kShortlistFloor;
+    const double cutoff = max_logit + params_.temperature * (std::log(floor) - 1e-3);
+    std::vector<int32_t> shortlist;
+    for (const int32_t id : candidates) {
+      if (static_cast<double>(logits[static_cast<size_t>(id)]) >= cutoff) shortlist.push_back(id);
+    }
+    std::sort(shortlist.begin(), shortlist.end(), higher);
+    bool complete = params_.min_p > 0.0;
+    if (params_.top_p < 1.0) {
+      // The exponentials of negligible tokens are skipped.
+      const double negligible = max_logit - params_.temperature * kNegligibleLogit;
+      double total = 0.0;
+      for (const int32_t id : candidates) {
+        const double logit = logits[static_cast<size_t>(id)];
+        if (logit >= negligible) total += relative(id);
+      }
+      double cumulative = 0.0;
+      for (const int32_t id : shortlist) cumulative += relative(id);
+      // Without min-p, a shortlist short of top_p of the mass is not enough: sort everything.
+      complete = complete || cumulative / total >= params_.top_p;
+      full_total = total;
+    }
+    if (complete) {
+      candidates = std::move(shortlist);
+    } else {
+      std::sort(candidates.begin(), candidates.end(), higher);
+    }
   }
 
   // Softmax of logit / temperature over the candidates, in double.
-  float max_logit = -std::numeric_limits<float>::infinity();
-  for (const int32_t id : candidates) max_logit = std::max(max_logit, logits[static_cast<size_t>(id)]);
   std::vector<double> probs(candidates.size());
   double total = 0.0;
   for (size_t i = 0; i < candidates.size(); ++i) {
-    const double scaled =
-        (static_cast<double>(logits[static_cast<size_t>(candidates[i])]) - max_logit) /
-        params_.temperature;
-    probs[i] = std::exp(scaled);
+    probs[i] = relative(candidates[i]);
     total += probs[i];
   }
+  if (full_total.has_value()) total = *full_total;
 
   // Top-p keeps the shortest prefix whose probability reaches top_p; min-p then drops tokens
   // below min_p times the most likely one. Both always keep the most likely token.

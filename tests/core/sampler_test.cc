@@ -1,8 +1,11 @@
 #include "core/sampler.h"
 
+#include <algorithm>
 #include <cmath>
 #include <map>
+#include <numeric>
 #include <random>
+#include <vector>
 
 #include "gtest/gtest.h"
 
@@ -157,6 +160,77 @@ TEST(SamplerTest, MinPDropsTokensBelowFractionOfTop) {
   EXPECT_EQ(histogram.size(), 2u);
   EXPECT_FALSE(histogram.contains(2));
   EXPECT_FALSE(histogram.contains(3));
+}
+
+// The definition of top-p and min-p sampling over a full sort, with the sampler's draw.
+int32_t SampleBySortingEverything(const std::vector<float>& logits, const SamplingParams& params,
+                                  std::mt19937_64& rng) {
+  std::vector<int32_t> order(logits.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) {
+    return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+  });
+  std::vector<double> probs;
+  double total = 0.0;
+  for (const int32_t id : order) {
+    probs.push_back(std::exp((double{logits[id]} - logits[order[0]]) / params.temperature));
+    total += probs.back();
+  }
+  size_t kept = order.size();
+  if (params.top_p < 1.0) {
+    double cumulative = 0.0;
+    for (size_t i = 0; i < order.size(); ++i) {
+      cumulative += probs[i] / total;
+      if (cumulative >= params.top_p) {
+        kept = i + 1;
+        break;
+      }
+    }
+  }
+  if (params.min_p > 0.0) {
+    size_t i = 1;
+    while (i < kept && probs[i] >= params.min_p * probs[0]) ++i;
+    kept = i;
+  }
+  double kept_total = 0.0;
+  for (size_t i = 0; i < kept; ++i) kept_total += probs[i];
+  const double target = static_cast<double>(rng() >> 11) * 0x1.0p-53 * kept_total;
+  double cumulative = 0.0;
+  for (size_t i = 0; i < kept; ++i) {
+    cumulative += probs[i];
+    if (target < cumulative) return order[i];
+  }
+  return order[kept - 1];
+}
+
+TEST(SamplerTest, LargeVocabularyMatchesFullSort) {
+  // A Llama 3-sized vocabulary: peaked logits, where only a shortlist is sorted, and flat
+  // ones, where top-p needs every token.
+  std::mt19937 engine(11);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (const float spread : {6.0f, 0.05f}) {
+    std::vector<float> logits(128256);
+    for (float& logit : logits) logit = spread * normal(engine);
+    struct Truncation {
+      double top_p;
+      double min_p;
+    };
+    for (const Truncation truncation : {Truncation{0.9, 0.0}, Truncation{0.5, 0.0},
+                                        Truncation{1.0, 0.05}, Truncation{0.95, 0.01}}) {
+      SamplingParams params = Seeded(21);
+      params.temperature = 0.8;
+      params.top_p = truncation.top_p;
+      params.min_p = truncation.min_p;
+      Sampler sampler(params);
+      std::mt19937_64 rng(21);
+      for (int draw = 0; draw < 5; ++draw) {
+        std::vector<float> copy = logits;
+        ASSERT_EQ(sampler.Sample(copy, {}), SampleBySortingEverything(logits, params, rng))
+            << "spread " << spread << " top_p " << truncation.top_p << " min_p "
+            << truncation.min_p << " draw " << draw;
+      }
+    }
+  }
 }
 
 TEST(SamplerTest, RepetitionPenaltyDividesPositiveMultipliesNegative) {
