@@ -80,8 +80,8 @@ class ScopedThreads {
 };
 
 // Int8Matmul on one shape with `threads` OpenMP threads (0: the default). group_size 0 is
-// per-channel, which Int8Matmul dispatches to oneDNN or the packed VNNI loop by m; group_size k
-// is numerically the same per-channel product, always through the packed loop. Cold runs cycle
+// per-channel, which Int8Matmul dispatches to oneDNN or the packed VNNI loop by m. group_size k
+// is numerically the same per-channel product, and always runs the packed loop. Cold runs cycle
 // through enough copies of the weights (1 GiB) that every product reads them from DRAM.
 // GB/s counts the int8 weights plus the 8 bytes (int32 compensation and FP32 scale) that the
 // packed loop reads per output row and group, the activations and the outputs.

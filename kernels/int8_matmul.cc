@@ -118,9 +118,10 @@ class PackedInt8Matmul final : public Int8Matmul {
 // streams the weights once for up to 6 rows, so it wins where the product is bound by reading
 // the weights. Measured with bench/kernel_bench.cc on a 2-core Xeon with AMX (2 MiB L2 per
 // core), oneDNN 2.6, CPU time:
-//   m = 1: the packed loop is about 1.3x faster on every Llama-3.2-1B shape.
-//   m = 2 and 4: the packed loop is 1.1 to 1.4x faster for 4 MiB of weights or more, and
-//   oneDNN is 1.1x faster for 1 MiB (512 x 2048).
+//   m = 1: the packed loop was 1.3x (weights in cache) to 1.6x (from DRAM) faster on
+//   2048 x 2048, one thread.
+//   m = 2 and 4: the packed loop is 1.2 to 1.4x faster for 4 MiB of weights or more, and
+//   oneDNN is 1.1 to 1.2x faster for 1 MiB (512 x 2048).
 //   m >= 8: oneDNN is 1.2 to 2.3x faster.
 // NOTE: this keeps the weights twice, once per layout.
 class PerChannelAvx512Matmul final : public Int8Matmul {

@@ -64,9 +64,8 @@ void PackActivations(const PackedInt8Weights& packed, const int8_t* xq, int64_t 
 // Computes y[rows, n] for the column blocks [block_begin, block_end). Per group, the int32 dot
 // products of the packed activations and weights, plus the compensation, are converted to
 // FP32 and multiplied by the group scale. The sum over groups is multiplied by x_scales[row].
-// `xa` has `rows` consecutive rows of padded_k bytes. The AVX-512 loop also uses the columns
-// it computes in y as scratch for partial sums. Single-threaded: the caller splits the blocks
-// among threads, and gives each thread a range that starts at a multiple of kBlockQuad
+// `xa` has `rows` consecutive rows of padded_k bytes. Single-threaded: the caller splits the
+// blocks among threads, and gives each thread a range that starts at a multiple of kBlockQuad
 // blocks, so that the AVX-512 loop computes whole quads.
 void RunPackedAvx512(const PackedInt8Weights& packed, const uint8_t* xa, const float* x_scales,
                      int64_t rows, int64_t block_begin, int64_t block_end, float* y);

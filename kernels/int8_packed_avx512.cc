@@ -6,10 +6,11 @@
 //     for each tile of up to kTileRows rows
 //       micro-kernel over all of k: int32 accumulators per group, scaled into FP32 sums at
 //       each group end.
-// Each weight byte is read from memory once per product. Splitting k into L1-sized chunks, with
-// the partial sums kept in y between chunks, measured 5 to 25% slower on a Xeon with 48 KiB L1
-// and 2 MiB L2 (bench/kernel_bench.cc, m = 512), because the y round trips cost more than the
-// L2 reads they save.
+// Each weight byte is read from memory once per product. Splitting k into chunks of 512 to
+// 1024 inputs, with the partial sums kept in y between chunks so that a quad's chunk stays in
+// L1, measured 20 to 35% slower on a Xeon with 48 KiB L1 and 2 MiB L2 per core
+// (bench/kernel_bench.cc, m = 512, G = 128), because the y round trips cost more than the L2
+// reads they save.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -31,27 +32,23 @@ namespace {
 // broadcasts for 24 vpdpbusd.
 constexpr int kTileRows = 6;
 // Quads of the decode tile (one row): 16 accumulators over 4 quads, which read 4 separate
-// sequential streams. One stream per tile measured about 1.3x slower from DRAM on one core.
+// sequential streams. One stream per tile measured about 1.4x slower from DRAM on one core.
 constexpr int kDecodeQuads = 4;
 
-// acc + the dot products of the unsigned bytes of x with the signed bytes of w, four per
-// 32-bit lane (vpdpbusd). GCC 12 copies the accumulator of _mm512_dpbusd_epi32 into a new
-// register and back on every call inside a loop, and with 24 accumulators it spills them, so
-// the instruction is written in asm, which ties the accumulator input to the output.
+// Returns acc plus the dot products of the unsigned bytes of x with the signed bytes of w, four
+// per 32-bit lane (vpdpbusd). GCC 12 copies the accumulator of _mm512_dpbusd_epi32 into a new
+// register and back on every call inside a loop, and spills them with 24 accumulators. The asm
+// ties the accumulator input to the output, which avoids both.
 W8A8_AVX512 inline __m512i DotProductAccumulate(__m512i acc, __m512i x, __m512i w) {
   asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(x), "v"(w));
   return acc;
 }
 
-// Loads 64 bytes in asm, volatile so that GCC neither merges loads of the same address nor
-// keeps what it stored there in a register. Without it, GCC loads a compensation vector once
-// and copies it into each accumulator (a vector ALU operation per copy), and keeps the FP32
-// sums of a tile in registers that the int32 accumulators need, spilling both.
-W8A8_AVX512 inline __m512i OpaqueLoad(const void* address) {
-  __m512i result;
-  asm volatile("vmovdqu32 %1, %0" : "=v"(result) : "m"(*static_cast<const __m512i*>(address)));
-  return result;
-}
+// Tells GCC that memory may have changed, so that it reloads values instead of keeping them in
+// registers. Without it, GCC loads a compensation vector once and copies it into each
+// accumulator (a vector ALU operation per copy), and keeps the FP32 sums of a tile in
+// registers that the int32 accumulators need, spilling both.
+inline void MemoryBarrier() { asm volatile("" ::: "memory"); }
 
 W8A8_AVX512 inline __m512i BroadcastFourBytes(const uint8_t* bytes) {
   int32_t word;
@@ -116,8 +113,9 @@ W8A8_AVX512 __attribute__((noinline)) void RunTile(const PackedInt8Weights& pack
     for (int r = 0; r < kRows; ++r) {
 #pragma GCC unroll 16
       for (int b = 0; b < kBlocks; ++b) {
-        dots[r][b] = OpaqueLoad(compensation + b * table_stride + group * kPackRows);
+        dots[r][b] = _mm512_loadu_si512(compensation + b * table_stride + group * kPackRows);
       }
+      MemoryBarrier();
     }
     const int64_t group_steps = packed.group_steps[group];
     for (int64_t i = 0; i < group_steps; ++i) {
@@ -132,10 +130,11 @@ W8A8_AVX512 __attribute__((noinline)) void RunTile(const PackedInt8Weights& pack
 #pragma GCC unroll 8
       for (int r = 0; r < kRows; ++r) {
         float* sum = sums + (r * kBlocks + b) * kPackRows;
-        const __m512 previous = _mm512_castsi512_ps(OpaqueLoad(sum));
-        _mm512_store_ps(sum, _mm512_fmadd_ps(_mm512_cvtepi32_ps(dots[r][b]), scale, previous));
+        _mm512_store_ps(sum, _mm512_fmadd_ps(_mm512_cvtepi32_ps(dots[r][b]), scale,
+                                             _mm512_load_ps(sum)));
       }
     }
+    MemoryBarrier();
   }
 
   // Columns of y that this tile writes in each block: none at or past column_end, so a quad
@@ -147,8 +146,7 @@ W8A8_AVX512 __attribute__((noinline)) void RunTile(const PackedInt8Weights& pack
     const __mmask16 mask = static_cast<__mmask16>((1u << valid) - 1u);
 #pragma GCC unroll 8
     for (int r = 0; r < kRows; ++r) {
-      const __m512 sum =
-          _mm512_castsi512_ps(OpaqueLoad(sums + (r * kBlocks + b) * kPackRows));
+      const __m512 sum = _mm512_load_ps(sums + (r * kBlocks + b) * kPackRows);
       _mm512_mask_storeu_ps(y + r * n + column, mask,
                             _mm512_mul_ps(sum, _mm512_set1_ps(x_scales[r])));
     }

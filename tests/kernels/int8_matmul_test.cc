@@ -184,8 +184,8 @@ TEST(Int8Matmul, ManyShortGroupsAreExact) {
   }
 }
 
-// Per-channel weights of 4 MiB or more take the packed loop for m = 2 to 4 on AVX-512 and
-// oneDNN for larger m; both sides of that switch must agree with the reference.
+// Per-channel weights of 4 MiB or more take the packed loop for m = 2 to 4 on AVX-512, and
+// oneDNN for larger m. Both sides of that switch must agree with the reference.
 TEST(Int8Matmul, PerChannelBatchDispatchIsExact) {
   uint32_t seed = 9800;
   for (int64_t m : {2, 4, 5}) {
@@ -201,12 +201,12 @@ TEST(Int8Matmul, ThreadSplitsAreExact) {
   uint32_t seed = 9700;
   for (int threads : {2, 3}) {
     omp_set_num_threads(threads);
-    // 336 columns are 21 blocks in 6 quads, the last one partial: a column split.
+    // 336 columns are 21 blocks in 6 quads, the last one partial, so the threads split columns.
     for (int64_t m : {1, 2, 4, 7}) {
       ExpectMatchesReference(m, /*n=*/336, /*k=*/100, /*group_size=*/32, /*unit_scales=*/true,
                              seed += 4);
     }
-    // 48 columns are one quad: a row split.
+    // 48 columns are one quad, so the threads split rows.
     for (int64_t m : {3, 5, 13}) {
       ExpectMatchesReference(m, /*n=*/48, /*k=*/100, /*group_size=*/0, /*unit_scales=*/true,
                              seed += 4);
