@@ -292,7 +292,6 @@ absl::StatusOr<GgufTokenizerData> SentencePieceData(const std::filesystem::path&
   }
   GgufTokenizerData data;
   data.model = "llama";
-  data.pre = "default";
   data.tokens.reserve(proto.pieces_size());
   for (const sentencepiece::ModelProto::SentencePiece& piece : proto.pieces()) {
     data.tokens.push_back(piece.piece());

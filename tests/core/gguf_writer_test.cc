@@ -436,6 +436,8 @@ TEST_F(Stories260K, ExportFromSafetensorsEqualsTheOriginalGguf) {
   ExpectSameTensors(**original, **exported);
   ExpectSameTokenizer(**original, **exported);
   EXPECT_EQ(summary->tensor_count, static_cast<int64_t>((*original)->tensors().size()));
+  // Like the original: a SentencePiece vocabulary has no pre-tokenizer to name.
+  EXPECT_EQ((*exported)->FindMetadata("tokenizer.ggml.pre"), nullptr);
 }
 
 TEST_F(Stories260K, ExportFromGgufEqualsTheOriginalGguf) {
