@@ -47,9 +47,14 @@ if [[ ! -e $model ]]; then
   exit 2
 fi
 
-work=$(mktemp -d -t w8a8-service-bench.XXXXXX)
-out=${OUT:-$work}
-mkdir -p "$out"
+if [[ -n ${OUT:-} ]]; then
+  out=$OUT
+  mkdir -p "$out"
+  work=$(mktemp -d "$out/work.XXXXXX")
+else
+  work=$(mktemp -d -t w8a8-service-bench.XXXXXX)
+  out=$work
+fi
 server_pid=""
 
 stop_server() {
@@ -68,7 +73,7 @@ stop_server() {
 
 cleanup() {
   stop_server
-  if [[ -z ${OUT:-} ]]; then rm -rf "$work"; fi
+  rm -rf "$work"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -82,6 +87,8 @@ process_cpu_seconds() {
 # health is SERVING. Sets server_pid and address.
 start_server() {
   local log=$1
+  # Created here, because the background job below opens it only after the fork.
+  : >"$log"
   "$server_bin" --model "$model" --plan "$plan" --threads "$threads" --host 127.0.0.1 \
     --port 0 --metrics-port -1 --admin-port -1 --grace-period-seconds 5 >"$log" 2>&1 &
   server_pid=$!
@@ -132,6 +139,7 @@ report["server_cpu_seconds"] = float(sys.argv[3]) - float(sys.argv[2])
 json.dump(report, open(sys.argv[4], "w"), indent=2)' \
       "$work/client-report.json" "$server_cpu_start" "$server_cpu_end" "$out/service-$tag.json"
     cat "$out/service-$tag.json"
+    echo
 
     echo "== concurrency $concurrency, round $round: offline engine" \
       "(load average $(cut -d' ' -f1 /proc/loadavg))"
@@ -142,6 +150,7 @@ json.dump(report, open(sys.argv[4], "w"), indent=2)' \
 json.dump(json.load(open(sys.argv[1]))["engine"], open(sys.argv[2], "w"), indent=2)' \
       "$work/offline-report.json" "$out/offline-$tag.json"
     cat "$out/offline-$tag.json"
+    echo
     echo
 
     for file in "$out/service-$tag.json" "$out/offline-$tag.json"; do
