@@ -19,8 +19,10 @@
 namespace w8a8::kernels {
 namespace {
 
-// Rows of x handled in registers, and rows of w that share one pass over x.
-constexpr int64_t kMaxSmallM = 4;
+// Up to kMaxSmallM rows of x, each tile of kWeightRows rows of w is read from memory once
+// and used for every row of x, kRowsPerPass rows at a time from L1.
+constexpr int64_t kMaxSmallM = 16;
+constexpr int64_t kRowsPerPass = 4;
 constexpr int64_t kWeightRows = 4;
 // Rows of w converted at once for the GemmF32 path: 1024 rows of 8192 inputs are 32 MiB.
 constexpr int64_t kConvertRows = 1024;
@@ -49,8 +51,8 @@ W8A8_AVX512 inline __m512 LoadBf16(const uint16_t* in, __mmask16 mask) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16));
 }
 
-// kWeightRows rows of w (or fewer at the end) against `m` <= kMaxSmallM rows of x. Every
-// (row of x, row of w) pair has its own accumulator, so kWeightRows * m chains run at once.
+// kWeightRows rows of w (or fewer at the end) against kM <= kRowsPerPass rows of x. Every
+// (row of x, row of w) pair has its own accumulator, so kWeightRows * kM chains run at once.
 template <int kM>
 W8A8_AVX512 void SmallMTile(const float* x, const uint16_t* w, float* y, int64_t n, int64_t k,
                             int64_t col, int64_t rows) {
@@ -81,19 +83,23 @@ W8A8_AVX512 void SmallMAvx512(const float* x, const uint16_t* w, float* y, int64
   for (int64_t tile = 0; tile < tiles; ++tile) {
     const int64_t col = tile * kWeightRows;
     const int64_t rows = std::min(kWeightRows, n - col);
-    switch (m) {
-      case 1:
-        SmallMTile<1>(x, w, y, n, k, col, rows);
-        break;
-      case 2:
-        SmallMTile<2>(x, w, y, n, k, col, rows);
-        break;
-      case 3:
-        SmallMTile<3>(x, w, y, n, k, col, rows);
-        break;
-      default:
-        SmallMTile<4>(x, w, y, n, k, col, rows);
-        break;
+    for (int64_t first = 0; first < m; first += kRowsPerPass) {
+      const float* x_rows = x + first * k;
+      float* y_rows = y + first * n;
+      switch (std::min(kRowsPerPass, m - first)) {
+        case 1:
+          SmallMTile<1>(x_rows, w, y_rows, n, k, col, rows);
+          break;
+        case 2:
+          SmallMTile<2>(x_rows, w, y_rows, n, k, col, rows);
+          break;
+        case 3:
+          SmallMTile<3>(x_rows, w, y_rows, n, k, col, rows);
+          break;
+        default:
+          SmallMTile<4>(x_rows, w, y_rows, n, k, col, rows);
+          break;
+      }
     }
   }
 }

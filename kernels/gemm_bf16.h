@@ -10,8 +10,8 @@
 namespace w8a8::kernels {
 
 // y[m, n] = x[m, k] * w[n, k]^T with FP32 x and y and BF16 w, all row-major. Thread-safe, and
-// threads with OpenMP. For m <= 4, each row of w is read once and converted in registers. For
-// larger m, blocks of rows of w are converted to FP32 and multiplied by GemmF32.
+// threads with OpenMP. For m <= 16, each row of w is read from memory once and converted in
+// registers. For larger m, blocks of rows of w are converted to FP32 and multiplied by GemmF32.
 void GemmBf16Weights(const float* x, const uint16_t* w, float* y, int64_t m, int64_t n, int64_t k);
 void GemmBf16Weights(Isa isa, const float* x, const uint16_t* w, float* y, int64_t m, int64_t n,
                      int64_t k);

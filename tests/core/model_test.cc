@@ -395,9 +395,10 @@ TEST(ModelTest, Bf16EmbeddingStaysBf16WithSameLogits) {
   EXPECT_EQ((*fp32_model)->weight_bytes() - (*bf16_model)->weight_bytes(),
             elements * sizeof(uint16_t));
 
-  // Rows of 1 and 5 logits cover the in-register product and the converted-block product.
-  for (const size_t count : {size_t{1}, size_t{5}}) {
-    const std::vector<int32_t> prompt(kPrompt.begin(), kPrompt.begin() + 6);
+  // Rows of 1, 5 and 17 logits cover the in-register product, with one and two passes over x,
+  // and the converted-block product.
+  for (const size_t count : {size_t{1}, size_t{5}, size_t{17}}) {
+    const std::vector<int32_t> prompt(kPrompt.begin(), kPrompt.begin() + 18);
     const std::vector<float> expected = RunInPieces(**fp32_model, prompt, count, Iota(5), 4, 5);
     const std::vector<float> actual = RunInPieces(**bf16_model, prompt, count, Iota(5), 4, 5);
     ASSERT_EQ(actual.size(), expected.size());
