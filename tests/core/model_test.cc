@@ -24,7 +24,8 @@ class MemoryCheckpoint final : public Checkpoint {
     tensors_[name] = {std::move(shape), std::move(data), {}};
   }
   // Stores `data` rounded toward zero to BF16, as a BF16 tensor.
-  void AddBf16(const std::string& name, std::vector<int64_t> shape, const std::vector<float>& data) {
+  void AddBf16(const std::string& name, std::vector<int64_t> shape,
+               const std::vector<float>& data) {
     Stored stored{std::move(shape), {}, {}};
     for (float value : data) {
       uint32_t bits;
