@@ -17,7 +17,6 @@
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
-#include <random>
 #include <string>
 #include <vector>
 
@@ -25,6 +24,7 @@
 #include "kernels/cpu_features.h"
 #include "kernels/fused.h"
 #include "kernels/gemm.h"
+#include "tools/bench_common.h"
 
 namespace w8a8::kernels {
 namespace {
@@ -46,21 +46,8 @@ constexpr int64_t kRowCounts[] = {1, 16, 512};
 // current server CPUs.
 constexpr int64_t kColdBytes = int64_t{1} << 30;
 
-std::vector<int8_t> RandomInt8(int64_t count, uint32_t seed) {
-  std::mt19937 engine(seed);
-  std::uniform_int_distribution<int> distribution(-127, 127);
-  std::vector<int8_t> values(count);
-  for (int8_t& value : values) value = static_cast<int8_t>(distribution(engine));
-  return values;
-}
-
-std::vector<float> RandomFloats(int64_t count, uint32_t seed) {
-  std::mt19937 engine(seed);
-  std::uniform_real_distribution<float> distribution(-1.0f, 1.0f);
-  std::vector<float> values(count);
-  for (float& value : values) value = distribution(engine);
-  return values;
-}
+using tools::RandomFloats;
+using tools::RandomInt8;
 
 void SetCounters(benchmark::State& state, double operations, double bytes) {
   state.counters["GOPS"] = benchmark::Counter(operations * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
