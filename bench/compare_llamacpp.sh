@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Compares w8a8-serve with llama.cpp on one model shape: llama.cpp (prebuilt CPU binaries of
 # node-llama-cpp, bench/llamacpp/bench.mjs) on a Q8_0 and a BF16 GGUF file, then
-# `w8a8 bench --suite model` (plans per-channel, auto and fp32) on the same weights, one after
+# `w8a8 bench --suite model` (the plans in PLANS) on the same weights, one after
 # the other with the same thread count and OMP_WAIT_POLICY=passive. Prints both sides and the
 # ratios of our prefill to llama.cpp's Q8_0 and BF16 prefill, and of our 1- and 8-sequence
 # decode to llama.cpp's Q8_0 decode.
@@ -11,7 +11,8 @@
 #   reads (a checkpoint directory or a .gguf file) with the weights of the two GGUF files.
 # Environment: BUILD_DIR (default build), THREADS (2), DECODE_TOKENS (64 per sequence),
 #   RUNS (3 prefill runs), BENCH_SECONDS (0.5, `w8a8 bench --seconds`), OUT_DIR (a new
-#   temporary folder) for the JSON reports.
+#   temporary folder) for the JSON reports, PLANS (per-channel,auto,fp32,bench/int8-lm-head.yaml;
+#   the last quantizes lm_head as Q8_0 does, so its decode is the like-for-like comparison).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -82,7 +83,7 @@ node bench/llamacpp/bench.mjs --model "$bf16" --threads "$threads" --runs "$runs
 echo "load after llama.cpp BF16: $(uptime)"
 echo "w8a8 bench --suite model: $ours" >&2
 "$tool" bench --suite model --model "$ours" --threads "$threads" --seconds "$bench_seconds" \
-  --json >"$out_dir/w8a8.json"
+  --plans "${PLANS:-per-channel,auto,fp32,bench/int8-lm-head.yaml}" --json >"$out_dir/w8a8.json"
 echo "load after w8a8: $(uptime)"
 echo
 
