@@ -152,7 +152,7 @@ absl::StatusOr<nlohmann::json> BenchPlan(const Checkpoint& checkpoint, const std
 
   // Bandwidth drifts on shared machines, so it is read again right before this plan's decode
   // figures, with the thread count that read fastest at the start of the run. The fractions
-  // divide by the best reading of the run so far, which keeps them conservative.
+  // divide by the larger of this reading and the start ceiling, which keeps them conservative.
   const double read_gbs_now =
       MeasureReadBandwidth(std::max(1, machine.read_best_all_threads.threads), 0.5);
   const double read_gbs = std::max(machine.read_gbs.all_threads, read_gbs_now);
