@@ -2,7 +2,7 @@
 # Compares w8a8-serve with llama.cpp on one model shape: llama.cpp (prebuilt CPU binaries of
 # node-llama-cpp, bench/llamacpp/bench.mjs) on a Q8_0 and a BF16 GGUF file, then
 # `w8a8 bench --suite model` (the plans in PLANS) on the same weights, one after
-# the other with the same thread count and OMP_WAIT_POLICY=passive. Prints both sides and the
+# the other with the same thread count. Prints both sides and the
 # ratios of our prefill to llama.cpp's Q8_0 and BF16 prefill, and of our 1- and 8-sequence
 # decode to llama.cpp's Q8_0 decode.
 #
@@ -12,7 +12,8 @@
 # Environment: BUILD_DIR (default build), THREADS (2), DECODE_TOKENS (64 per sequence),
 #   RUNS (3 prefill runs), BENCH_SECONDS (0.5, `w8a8 bench --seconds`), OUT_DIR (a new
 #   temporary folder) for the JSON reports, PLANS (per-channel,auto,fp32,bench/int8-lm-head.yaml;
-#   the last quantizes lm_head as Q8_0 does, so its decode is the like-for-like comparison).
+#   the last quantizes lm_head as Q8_0 does, so its decode is the like-for-like comparison),
+#   OMP_WAIT_POLICY (active).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,7 +26,10 @@ decode_tokens=${DECODE_TOKENS:-64}
 runs=${RUNS:-3}
 bench_seconds=${BENCH_SECONDS:-0.5}
 out_dir=${OUT_DIR:-}
-export OMP_WAIT_POLICY=passive
+# llama.cpp's threads spin between steps, so by default ours do too (OMP_WAIT_POLICY=active).
+# On a machine shared with other work, OMP_WAIT_POLICY=passive keeps spinning threads from
+# starving the rest, at a cost to our decode figures.
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-active}
 
 usage="usage: bench/compare_llamacpp.sh Q8_0_GGUF BF16_GGUF W8A8_MODEL (or set LLAMACPP_Q8_0, LLAMACPP_BF16, W8A8_MODEL)"
 fail() {
