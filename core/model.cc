@@ -273,6 +273,11 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Create(const Checkpoint& checkpoin
           " values, but head_dim / 2 is ", model->rope_inv_freq_.size()));
     }
     for (size_t i = 0; i < divisors.size(); ++i) {
+      if (!std::isfinite(divisors[i]) || divisors[i] <= 0.0f) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            checkpoint.path().string(), ": rope_freqs.weight[", i, "] is ", divisors[i],
+            "; every frequency factor must be a positive finite number"));
+      }
       model->rope_inv_freq_[i] = static_cast<float>(
           static_cast<double>(model->rope_inv_freq_[i]) / static_cast<double>(divisors[i]));
     }

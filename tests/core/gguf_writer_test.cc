@@ -251,6 +251,30 @@ TEST_F(TinyLlama3, RopeFreqsHoldTheLlama3Factors) {
   EXPECT_EQ(factors[7], 32.0f);
 }
 
+TEST_F(TinyLlama3, ZeroRopeFactorIsRejected) {
+  const std::filesystem::path path = dir_->path() / "zero-rope.gguf";
+  std::filesystem::copy_file(Exported(GgufOutType::kF32), path);
+  const std::vector<float> factors = Llama3RopeFrequencyFactors(*PresetConfig("llama3-tiny"));
+  std::string bytes = testing::ReadFile(path);
+  const std::string pattern(reinterpret_cast<const char*>(factors.data()),
+                            factors.size() * sizeof(float));
+  const size_t at = bytes.find(pattern);
+  ASSERT_NE(at, std::string::npos);
+  ASSERT_EQ(bytes.find(pattern, at + 1), std::string::npos);
+  const float zero = 0.0f;
+  std::memcpy(bytes.data() + at + 7 * sizeof(float), &zero, sizeof(zero));
+  testing::WriteFile(path, bytes);
+
+  absl::StatusOr<std::unique_ptr<Checkpoint>> checkpoint = Checkpoint::Open(path);
+  ASSERT_TRUE(checkpoint.ok()) << checkpoint.status();
+  const absl::StatusOr<std::unique_ptr<Model>> model =
+      Model::Create(**checkpoint, Fp32LinearFactory());
+  ASSERT_FALSE(model.ok());
+  EXPECT_EQ(model.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(model.status().message()),
+              ::testing::HasSubstr("rope_freqs.weight[7] is 0"));
+}
+
 TEST_F(TinyLlama3, ReloadedTokenizerGivesTheSourceIds) {
   absl::StatusOr<std::unique_ptr<Tokenizer>> source =
       Tokenizer::FromTokenizerJson(testing::Llama3TokenizerJson());
