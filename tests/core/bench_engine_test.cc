@@ -20,26 +20,12 @@ namespace {
 using ::testing::HasSubstr;
 using ::testing::Not;
 
-struct CommandResult {
-  int exit_code = -1;
-  std::string output;
-};
+using testing::CommandResult;
 
 // Runs the tool with `arguments`. Its stderr joins the output only when `with_stderr` is set.
 CommandResult RunTool(const std::string& arguments, bool with_stderr) {
-  CommandResult result;
-  const std::string command = "OMP_WAIT_POLICY=passive " + testing::W8a8Tool().string() + " " +
-                              arguments + (with_stderr ? " 2>&1" : " 2>/dev/null");
-  FILE* pipe = popen(command.c_str(), "r");
-  if (pipe == nullptr) return result;
-  std::array<char, 4096> buffer;
-  size_t read = 0;
-  while ((read = fread(buffer.data(), 1, buffer.size(), pipe)) > 0) {
-    result.output.append(buffer.data(), read);
-  }
-  const int status = pclose(pipe);
-  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return result;
+  return testing::RunShellCommand("OMP_WAIT_POLICY=passive " + testing::W8a8Tool().string() +
+                                  " " + arguments + (with_stderr ? " 2>&1" : " 2>/dev/null"));
 }
 
 // The engine suite's arguments on stories260K; `extra` follows them, so it can override any.

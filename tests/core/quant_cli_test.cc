@@ -17,24 +17,11 @@ namespace {
 
 using ::testing::HasSubstr;
 
-struct CommandResult {
-  int exit_code = -1;
-  std::string output;  // stdout and stderr.
-};
+using testing::CommandResult;
 
+// Runs the tool with `arguments`; the output has both stdout and stderr.
 CommandResult RunTool(const std::string& arguments) {
-  CommandResult result;
-  const std::string command = testing::W8a8Tool().string() + " " + arguments + " 2>&1";
-  FILE* pipe = popen(command.c_str(), "r");
-  if (pipe == nullptr) return result;
-  std::array<char, 4096> buffer;
-  size_t read = 0;
-  while ((read = fread(buffer.data(), 1, buffer.size(), pipe)) > 0) {
-    result.output.append(buffer.data(), read);
-  }
-  const int status = pclose(pipe);
-  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return result;
+  return testing::RunShellCommand(testing::W8a8Tool().string() + " " + arguments + " 2>&1");
 }
 
 class QuantCli : public ::testing::Test {

@@ -162,15 +162,9 @@ inline int FreePort() {
 
 // Runs a shell command and returns its exit status, with its standard output in `output`.
 inline int RunCommand(const std::string& command, std::string* output = nullptr) {
-  FILE* pipe = ::popen(command.c_str(), "r");
-  if (pipe == nullptr) return -1;
-  std::string text;
-  char buffer[4096];
-  size_t read = 0;
-  while ((read = std::fread(buffer, 1, sizeof(buffer), pipe)) > 0) text.append(buffer, read);
-  const int status = ::pclose(pipe);
-  if (output != nullptr) *output = std::move(text);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  CommandResult result = RunShellCommand(command);
+  if (output != nullptr) *output = std::move(result.output);
+  return result.exit_code;
 }
 
 // A child process with standard output and error sent to `log_path`. The destructor kills it
