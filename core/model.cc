@@ -218,7 +218,7 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Create(const Checkpoint& checkpoin
   const int64_t q_features = config.num_attention_heads * config.head_dim;
   const int64_t kv_features = config.num_key_value_heads * config.head_dim;
 
-  // A BF16 embedding stays BF16: lookups convert rows exactly, so nothing is lost.
+  // A BF16 embedding stays BF16. BF16 widens to FP32 exactly, so lookups lose nothing.
   const std::string embedding_name = "model.embed_tokens.weight";
   ASSIGN_OR_RETURN(const TensorView embedding_view, checkpoint.Tensor(embedding_name));
   if (embedding_view.dtype == DType::kBF16 &&
@@ -449,8 +449,8 @@ void Model::RunChunk(std::span<const ChunkStep> steps, KvCache& cache,
   const int64_t num_tokens = static_cast<int64_t>(token_step.size());
 
   // Attention work items: each step's tokens in ranges of at most kAttentionTokens, so a long
-  // prompt spreads over threads; the causal cost grows along a prompt, so ranges are handed
-  // out dynamically.
+  // prompt spreads over threads. The causal cost grows along a prompt, so threads take ranges
+  // dynamically.
   constexpr int64_t kAttentionTokens = 32;
   std::vector<AttentionItem>& attention_items = buffers.attention_items;
   attention_items.clear();
