@@ -292,6 +292,7 @@ void RegisterAll() {
         }
       }
       RegisterInt8("Int8PerChannel", shape, m, 0, false, 0);
+      RegisterInt8("Int8PerRowPacked", shape, m, shape.k, false, 0);
     }
     for (int64_t m : kRowCounts) {
       const std::string suffix = std::string(shape.name) + "/m=" + std::to_string(m);

@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -20,27 +21,45 @@ using dnnl::memory;
 
 using Primitive = MatmulPrimitive;
 
-class OneDnnInt8Matmul final : public Int8Matmul {
+// The row count for which oneDNN picks the weight layout. oneDNN runs only products of
+// several rows (the packed loop computes single rows), and 16 stands for them.
+constexpr int64_t kLayoutRows = 16;
+
+class OneDnnInt8MatmulImpl final : public OneDnnInt8Matmul {
  public:
-  OneDnnInt8Matmul(int64_t n, int64_t k, std::vector<float> scales)
+  OneDnnInt8MatmulImpl(int64_t n, int64_t k, std::vector<float> scales)
       : n_(n), k_(k), scales_(std::move(scales)) {}
 
-  // Picks the weight layout for m = 1 and reorders `weights` [n, k] into it. Throws
-  // dnnl::error.
-  void PackWeights(std::span<const int8_t> weights) {
+  // Picks the weight layout for kLayoutRows rows and either adopts `shared_layout` or
+  // reorders `weights` [n, k] into a buffer of its own. Throws dnnl::error.
+  void PrepareWeights(std::span<const int8_t> weights, std::span<const int8_t> shared_layout) {
     const dnnl::matmul::primitive_desc description =
-        Describe(1, WeightsDesc(memory::format_tag::any));
+        Describe(kLayoutRows, WeightsDesc(memory::format_tag::any));
     weights_desc_ = description.weights_desc();
-    weights_ = memory(weights_desc_, CpuEngine());
-    // [n, k] row-major is the [k, n] matrix oneDNN expects, in the transposed "ba" layout.
-    memory plain(WeightsDesc(memory::format_tag::ba), CpuEngine(),
-                 const_cast<int8_t*>(weights.data()));
-    dnnl::stream stream(CpuEngine());
-    dnnl::reorder(plain, weights_).execute(stream, plain, weights_);
-    stream.wait();
+    shares_weights_ = !shared_layout.empty() &&
+                      weights_desc_ == WeightsDesc(memory::format_tag::BA16a64b4a) &&
+                      weights_desc_.get_size() == shared_layout.size();
+    if (shares_weights_) {
+      weights_ = memory(weights_desc_, CpuEngine(), const_cast<int8_t*>(shared_layout.data()));
+    } else {
+      weights_ = memory(weights_desc_, CpuEngine());
+      // [n, k] row-major is the [k, n] matrix oneDNN expects, in the transposed "ba" layout.
+      memory plain(WeightsDesc(memory::format_tag::ba), CpuEngine(),
+                   const_cast<int8_t*>(weights.data()));
+      dnnl::stream stream(CpuEngine());
+      dnnl::reorder(plain, weights_).execute(stream, plain, weights_);
+      stream.wait();
+    }
     absl::MutexLock lock(&mutex_);
-    shapes_[1] = std::make_shared<Primitive>(description);
+    shapes_[kLayoutRows] = std::make_shared<Primitive>(description);
   }
+
+  bool Accelerated(int64_t m) const override {
+    const std::string_view implementation = PrimitiveFor(m)->description.impl_info_str();
+    return implementation.substr(0, 3) != "ref";
+  }
+
+  bool SharesWeights() const override { return shares_weights_; }
 
   void Run(const int8_t* xq, const float* x_scales, int64_t m, float* y) const override {
     if (m <= 0) return;
@@ -82,7 +101,7 @@ class OneDnnInt8Matmul final : public Int8Matmul {
   int64_t group_size() const override { return 0; }
   Isa isa() const override { return Isa::kAvx512Vnni; }
   size_t memory_bytes() const override {
-    return weights_desc_.get_size() + scales_.size() * sizeof(float);
+    return (shares_weights_ ? 0 : weights_desc_.get_size()) + scales_.size() * sizeof(float);
   }
 
  private:
@@ -130,6 +149,7 @@ class OneDnnInt8Matmul final : public Int8Matmul {
   int64_t k_;
   std::vector<float> scales_;
   memory::desc weights_desc_;
+  bool shares_weights_ = false;
   memory weights_;
   mutable absl::Mutex mutex_;
   mutable absl::flat_hash_map<int64_t, std::shared_ptr<const Primitive>> shapes_
@@ -138,12 +158,13 @@ class OneDnnInt8Matmul final : public Int8Matmul {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<Int8Matmul>> CreateOneDnnInt8Matmul(
-    std::span<const int8_t> weights, int64_t n, int64_t k, std::span<const float> scales) {
-  auto matmul =
-      std::make_unique<OneDnnInt8Matmul>(n, k, std::vector<float>(scales.begin(), scales.end()));
+absl::StatusOr<std::unique_ptr<OneDnnInt8Matmul>> CreateOneDnnInt8Matmul(
+    std::span<const int8_t> weights, int64_t n, int64_t k, std::span<const float> scales,
+    std::span<const int8_t> shared_layout) {
+  auto matmul = std::make_unique<OneDnnInt8MatmulImpl>(
+      n, k, std::vector<float>(scales.begin(), scales.end()));
   try {
-    matmul->PackWeights(weights);
+    matmul->PrepareWeights(weights, shared_layout);
   } catch (const dnnl::error& error) {
     return absl::InternalError(absl::StrCat("oneDNN int8 matmul: could not prepare weights n=",
                                             n, ", k=", k, ": ", error.what()));

@@ -2,6 +2,7 @@
 // matmul primitive.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -14,9 +15,26 @@ namespace w8a8::kernels::internal {
 // oneDNN 2.6 multiplies s8 activations by s8 weights into an int32 accumulator and applies the
 // per-column weight scales as output scales, writing FP32. A binary multiply post-op with the
 // per-row activation scales makes oneDNN 2.6 fall back to its reference implementation, so
-// those scales are applied in a separate pass over y. The weights are reordered once into the
-// layout oneDNN picks; primitives are created on first use for each m and cached (thread-safe).
-absl::StatusOr<std::unique_ptr<Int8Matmul>> CreateOneDnnInt8Matmul(
-    std::span<const int8_t> weights, int64_t n, int64_t k, std::span<const float> scales);
+// those scales are applied in a separate pass over y. Primitives are created on first use for
+// each m and cached (thread-safe).
+class OneDnnInt8Matmul : public Int8Matmul {
+ public:
+  // Returns false when oneDNN has only its reference implementation for m rows of these
+  // weights. With AMX, oneDNN 2.6 did so for up to 5 rows on the narrow matrices tried (50 to
+  // 100 columns). Creates and caches the primitive for m.
+  virtual bool Accelerated(int64_t m) const = 0;
+  // Returns true when the matmul reads the buffer passed as `shared_layout` to
+  // CreateOneDnnInt8Matmul instead of a copy of its own.
+  virtual bool SharesWeights() const = 0;
+};
+
+// The weights take the layout oneDNN picks for a 16-row product. When that layout is
+// BA16a64b4a of the [k, n] matrix and `shared_layout` contains exactly its bytes (the packed
+// per-channel layout of int8_packed.h for k a multiple of 64), the matmul reads
+// `shared_layout`, which must outlive it and stay unchanged. Otherwise it reorders `weights`
+// [n, k] into a buffer of its own.
+absl::StatusOr<std::unique_ptr<OneDnnInt8Matmul>> CreateOneDnnInt8Matmul(
+    std::span<const int8_t> weights, int64_t n, int64_t k, std::span<const float> scales,
+    std::span<const int8_t> shared_layout = {});
 
 }  // namespace w8a8::kernels::internal

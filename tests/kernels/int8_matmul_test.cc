@@ -11,7 +11,10 @@
 #include "gtest/gtest.h"
 #include "kernels/cpu_features.h"
 #include "kernels/gemm.h"
+#include "kernels/int8_packed.h"
+#include "kernels/onednn_int8_matmul.h"
 #include "kernels/reference.h"
+#include "oneapi/dnnl/dnnl.hpp"
 
 namespace w8a8::kernels {
 namespace {
@@ -191,6 +194,77 @@ TEST(Int8Matmul, PerChannelBatchDispatchIsExact) {
   for (int64_t m : {2, 4, 5}) {
     ExpectMatchesReference(m, /*n=*/2048, /*k=*/2048, /*group_size=*/0, /*unit_scales=*/true,
                            seed += 4);
+  }
+}
+
+// With k a multiple of 64, oneDNN may read the packed per-channel weights in place. Widths
+// below 128 columns make oneDNN 2.6 with AMX fall back to its reference implementation for
+// m <= 4, where the packed loop takes over. Every row count and width must stay exact.
+TEST(Int8Matmul, PerChannelSharedLayoutIsExact) {
+  uint32_t seed = 9600;
+  for (int64_t k : {64, 192}) {
+    for (int64_t n : {16, 49, 64, 100, 200}) {
+      for (int64_t m : {2, 3, 5, 8, 16, 37}) {
+        ExpectMatchesReference(m, n, k, /*group_size=*/0, /*unit_scales=*/true, seed += 4);
+      }
+      ExpectMatchesReference(/*m=*/16, n, k, /*group_size=*/0, /*unit_scales=*/false,
+                             seed += 4);
+    }
+  }
+}
+
+bool OneDnnUsesAmx() {
+  return dnnl::get_effective_cpu_isa() >= dnnl::cpu_isa::avx512_core_amx;
+}
+
+// On AMX, oneDNN's layout for per-channel weights with k a multiple of 64 is the packed one,
+// so the weights are kept once. With another k, each side keeps its own copy.
+TEST(Int8Matmul, AmxKeepsPerChannelWeightsOnce) {
+  if (!CpuSupports(Isa::kAvx512Vnni) || !OneDnnUsesAmx()) {
+    GTEST_SKIP() << "oneDNN picks the packed layout only with AMX";
+  }
+  for (int64_t k : {256, 300}) {
+    const int64_t n = 192;
+    const std::vector<int8_t> weights = RandomInt8(n * k, -127, 127, 31);
+    const std::vector<float> scales(n, 1.0f);
+    std::unique_ptr<Int8Matmul> matmul =
+        CreateOrDie(weights, n, k, scales, /*group_size=*/0, Isa::kAvx512Vnni);
+    ASSERT_NE(matmul, nullptr);
+    const size_t once = static_cast<size_t>(n * k);
+    if (k % 64 == 0) {
+      EXPECT_LT(matmul->memory_bytes(), once + once / 4) << "k=" << k;
+    } else {
+      EXPECT_GE(matmul->memory_bytes(), 2 * once) << "k=" << k;
+    }
+  }
+}
+
+// The oneDNN matmul adopts a buffer only when it contains exactly the bytes of its layout.
+TEST(Int8Matmul, OneDnnAdoptsOnlyAMatchingBuffer) {
+  if (!CpuSupports(Isa::kAvx512Vnni) || !OneDnnUsesAmx()) {
+    GTEST_SKIP() << "oneDNN picks the packed layout only with AMX";
+  }
+  const int64_t m = 20, n = 128, k = 128;
+  const std::vector<int8_t> weights = RandomInt8(n * k, -127, 127, 41);
+  const std::vector<float> scales(n, 1.0f);
+  const internal::PackedInt8Weights packed =
+      internal::PackInt8Weights(weights.data(), n, k, scales.data(), /*group_size=*/0);
+  const std::vector<int8_t> xq = RandomInt8(m * k, -127, 127, 42);
+  const std::vector<float> x_scales(m, 1.0f);
+  std::vector<float> expected(m * n);
+  reference::Int8Matmul(xq.data(), x_scales.data(), m, weights.data(), n, k, scales.data(),
+                        /*group_size=*/0, expected.data());
+  const std::span<const int8_t> whole(packed.weights);
+  for (bool matching : {true, false}) {
+    absl::StatusOr<std::unique_ptr<internal::OneDnnInt8Matmul>> matmul =
+        internal::CreateOneDnnInt8Matmul(weights, n, k, scales,
+                                         matching ? whole : whole.first(whole.size() - 64));
+    ASSERT_TRUE(matmul.ok()) << matmul.status();
+    EXPECT_EQ((*matmul)->SharesWeights(), matching);
+    ASSERT_TRUE((*matmul)->Accelerated(m));
+    std::vector<float> actual(m * n);
+    (*matmul)->Run(xq.data(), x_scales.data(), m, actual.data());
+    EXPECT_EQ(actual, expected) << "matching=" << matching;
   }
 }
 
