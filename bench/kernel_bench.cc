@@ -29,18 +29,12 @@
 namespace w8a8::kernels {
 namespace {
 
-struct LayerShape {
-  const char* name;
-  int64_t n;
-  int64_t k;
-};
+using tools::LinearShape;
 
-constexpr LayerShape kShapes[] = {
-    {"attn_qo_2048x2048", 2048, 2048},
-    {"attn_kv_512x2048", 512, 2048},
-    {"mlp_up_8192x2048", 8192, 2048},
-    {"mlp_down_2048x8192", 2048, 8192},
-};
+// Benchmark names carry the dimensions, such as attn_qo_2048x2048.
+std::string ShapeName(const LinearShape& shape) {
+  return std::string(shape.name) + "_" + std::to_string(shape.n) + "x" + std::to_string(shape.k);
+}
 constexpr int64_t kRowCounts[] = {1, 16, 512};
 // Bytes of weights the cold benchmarks cycle through: more than the last-level cache of
 // current server CPUs.
@@ -72,7 +66,7 @@ class ScopedThreads {
 // through enough copies of the weights (1 GiB) that every product reads them from DRAM.
 // GB/s counts the int8 weights plus the 8 bytes (int32 compensation and FP32 scale) that the
 // packed loop reads per output row and group, the activations and the outputs.
-void BenchInt8(benchmark::State& state, LayerShape shape, int64_t m, int64_t group_size,
+void BenchInt8(benchmark::State& state, LinearShape shape, int64_t m, int64_t group_size,
                bool cold, int threads) {
   const ScopedThreads scoped_threads(threads);
   const int64_t n = shape.n, k = shape.k;
@@ -102,7 +96,7 @@ void BenchInt8(benchmark::State& state, LayerShape shape, int64_t m, int64_t gro
   SetCounters(state, 2.0 * m * n * k, double(n * k + m * k + 4 * m * n + 8 * n * groups));
 }
 
-void BenchF32(benchmark::State& state, LayerShape shape, int64_t m, bool cold) {
+void BenchF32(benchmark::State& state, LinearShape shape, int64_t m, bool cold) {
   const int64_t n = shape.n, k = shape.k;
   const int64_t copies = cold ? std::max<int64_t>(1, kColdBytes / (4 * n * k)) : 1;
   std::vector<std::vector<float>> weights;
@@ -250,9 +244,9 @@ std::string ThreadsSuffix(int threads) {
   return threads == 0 ? "" : "/threads:" + std::to_string(threads);
 }
 
-void RegisterInt8(const std::string& label, LayerShape shape, int64_t m, int64_t group_size,
+void RegisterInt8(const std::string& label, LinearShape shape, int64_t m, int64_t group_size,
                   bool cold, int threads) {
-  const std::string name = label + (cold ? "/cold/" : "/") + shape.name +
+  const std::string name = label + (cold ? "/cold/" : "/") + ShapeName(shape) +
                            "/m=" + std::to_string(m) + ThreadsSuffix(threads);
   benchmark::RegisterBenchmark(name.c_str(), BenchInt8, shape, m, group_size, cold, threads)
       ->Unit(benchmark::kMicrosecond)
@@ -270,7 +264,7 @@ void RegisterAll() {
         ->Unit(benchmark::kMillisecond)
         ->UseRealTime();
   }
-  for (const LayerShape& shape : kShapes) {
+  for (const LinearShape& shape : tools::kLlama32OneBShapes) {
     // Decode, warm and from DRAM.
     for (int threads : {1, 2}) {
       for (bool cold : {false, true}) {
@@ -295,7 +289,7 @@ void RegisterAll() {
       RegisterInt8("Int8PerRowPacked", shape, m, shape.k, false, 0);
     }
     for (int64_t m : kRowCounts) {
-      const std::string suffix = std::string(shape.name) + "/m=" + std::to_string(m);
+      const std::string suffix = ShapeName(shape) + "/m=" + std::to_string(m);
       benchmark::RegisterBenchmark(("F32/" + suffix).c_str(), BenchF32, shape, m, false)
           ->Unit(benchmark::kMicrosecond)
           ->UseRealTime();

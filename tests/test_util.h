@@ -83,4 +83,15 @@ inline CommandResult RunShellCommand(const std::string& command) {
   return result;
 }
 
+// The streams of the w8a8 tool that RunW8a8Tool returns.
+enum class ToolOutput { kStdout, kStdoutAndStderr };
+
+// Runs the w8a8 tool with `arguments` (shell syntax) and waits for it. OpenMP threads sleep
+// when idle, as in the test script, so tests running in parallel do not starve each other.
+inline CommandResult RunW8a8Tool(const std::string& arguments,
+                                 ToolOutput output = ToolOutput::kStdoutAndStderr) {
+  return RunShellCommand("OMP_WAIT_POLICY=passive " + W8a8Tool().string() + " " + arguments +
+                         (output == ToolOutput::kStdout ? " 2>/dev/null" : " 2>&1"));
+}
+
 }  // namespace w8a8::testing

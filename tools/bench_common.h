@@ -1,5 +1,5 @@
-// Random inputs and the fastest-run timing loop shared by `w8a8 bench` (tools/) and
-// kernel_bench (bench/). Header-only, because bench/ links only w8a8_kernels and not the
+// Layer shapes, random inputs and the fastest-run timing loop shared by `w8a8 bench` (tools/)
+// and kernel_bench (bench/). Header-only, because bench/ links only w8a8_kernels and not the
 // sources of the w8a8 tool. The functions are thread-safe and keep no state.
 #pragma once
 
@@ -9,6 +9,21 @@
 #include <vector>
 
 namespace w8a8::tools {
+
+// The shape of a linear layer's weight matrix: n outputs by k inputs.
+struct LinearShape {
+  const char* name;
+  int64_t n;
+  int64_t k;
+};
+
+// The linear layers of Llama-3.2-1B: q/o projections, k/v projections, gate/up and down.
+inline constexpr LinearShape kLlama32OneBShapes[] = {
+    {"attn_qo", 2048, 2048},
+    {"attn_kv", 512, 2048},
+    {"mlp_gate_up", 8192, 2048},
+    {"mlp_down", 2048, 8192},
+};
 
 // `count` int8 values drawn uniformly from [-127, 127] by an mt19937 seeded with `seed`.
 inline std::vector<int8_t> RandomInt8(int64_t count, uint32_t seed) {

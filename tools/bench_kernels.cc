@@ -13,19 +13,6 @@
 namespace w8a8::tools {
 namespace {
 
-struct LayerShape {
-  const char* name;
-  int64_t n;
-  int64_t k;
-};
-
-// The linear layers of Llama-3.2-1B: q/o projections, k/v projections, gate/up and down.
-constexpr LayerShape kShapes[] = {
-    {"attn_qo", 2048, 2048},
-    {"attn_kv", 512, 2048},
-    {"mlp_gate_up", 8192, 2048},
-    {"mlp_down", 2048, 8192},
-};
 constexpr int64_t kRowCounts[] = {1, 4, 16, 64, 512};
 constexpr int kRowCountCount = sizeof(kRowCounts) / sizeof(kRowCounts[0]);
 // Products with more rows than this get no bandwidth fraction, because they reuse each weight
@@ -74,7 +61,7 @@ double FastestRotatedRun(const RotatedKernel& kernel, int64_t m, double seconds)
   return FastestRun(seconds, 1, product);
 }
 
-nlohmann::json CaseJson(const RotatedKernel& kernel, const LayerShape& shape, int64_t m,
+nlohmann::json CaseJson(const RotatedKernel& kernel, const LinearShape& shape, int64_t m,
                         double run_seconds, const MachineCeilings& machine) {
   const double gops = 2.0 * m * shape.n * shape.k / run_seconds * 1e-9;
   const int64_t rotation_bytes = kernel.copies * kernel.bytes_read;
@@ -112,7 +99,7 @@ struct Inputs {
 };
 
 // Inputs for every row count of `shape`, in the order of kRowCounts.
-std::vector<Inputs> MakeInputs(const LayerShape& shape) {
+std::vector<Inputs> MakeInputs(const LinearShape& shape) {
   std::vector<Inputs> inputs(kRowCountCount);
   for (int row = 0; row < kRowCountCount; ++row) {
     const int64_t m = kRowCounts[row];
@@ -123,7 +110,7 @@ std::vector<Inputs> MakeInputs(const LayerShape& shape) {
 }
 
 // Times `kernel` at every row count and appends one case per row count to `results[row]`.
-void MeasureRowCounts(const RotatedKernel& kernel, const LayerShape& shape,
+void MeasureRowCounts(const RotatedKernel& kernel, const LinearShape& shape,
                       const MachineCeilings& machine, double seconds,
                       std::vector<std::vector<nlohmann::json>>& results) {
   for (int row = 0; row < kRowCountCount; ++row) {
@@ -138,7 +125,7 @@ void MeasureRowCounts(const RotatedKernel& kernel, const LayerShape& shape,
 absl::StatusOr<nlohmann::json> RunKernelSuite(const MachineCeilings& machine, double seconds) {
   const int64_t rotation_bytes = RotationBytes(seconds);
   nlohmann::json cases = nlohmann::json::array();
-  for (const LayerShape& shape : kShapes) {
+  for (const LinearShape& shape : kLlama32OneBShapes) {
     const int64_t n = shape.n, k = shape.k;
     std::vector<Inputs> inputs = MakeInputs(shape);
     auto input_for = [&](int64_t m) -> Inputs& {

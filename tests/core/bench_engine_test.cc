@@ -22,11 +22,8 @@ using ::testing::Not;
 
 using testing::CommandResult;
 
-// Runs the tool with `arguments`. Its stderr joins the output only when `with_stderr` is set.
-CommandResult RunTool(const std::string& arguments, bool with_stderr) {
-  return testing::RunShellCommand("OMP_WAIT_POLICY=passive " + testing::W8a8Tool().string() +
-                                  " " + arguments + (with_stderr ? " 2>&1" : " 2>/dev/null"));
-}
+using testing::RunW8a8Tool;
+using testing::ToolOutput;
 
 // The engine suite's arguments on stories260K; `extra` follows them, so it can override any.
 std::string EngineArguments(const std::string& extra) {
@@ -39,16 +36,15 @@ class BenchEngineCli : public ::testing::Test {
   void SetUp() override {
     ASSERT_TRUE(std::filesystem::exists(testing::W8a8Tool()))
         << "build the w8a8 target first: " << testing::W8a8Tool();
-    ASSERT_TRUE(std::filesystem::exists(testing::Stories260KGguf()))
-        << testing::Stories260KGguf();
+    ASSERT_TRUE(std::filesystem::exists(testing::Stories260KGguf())) << testing::Stories260KGguf();
   }
 };
 
 TEST_F(BenchEngineCli, ReportsEveryRequestedToken) {
   constexpr int64_t kRequests = 6;
   constexpr int64_t kMaxTokens = 9;
-  const CommandResult result = RunTool(
-      EngineArguments("--requests 6 --concurrency 4 --max-tokens 9 --json"), false);
+  const CommandResult result = RunW8a8Tool(
+      EngineArguments("--requests 6 --concurrency 4 --max-tokens 9 --json"), ToolOutput::kStdout);
   ASSERT_EQ(result.exit_code, 0) << result.output;
   const nlohmann::json report = nlohmann::json::parse(result.output, nullptr, false);
   ASSERT_FALSE(report.is_discarded()) << result.output;
@@ -78,8 +74,8 @@ TEST_F(BenchEngineCli, ReportsEveryRequestedToken) {
 }
 
 TEST_F(BenchEngineCli, LatencyFieldsMatchTheLoadClient) {
-  const CommandResult result = RunTool(
-      EngineArguments("--requests 5 --concurrency 2 --max-tokens 7 --json"), false);
+  const CommandResult result = RunW8a8Tool(
+      EngineArguments("--requests 5 --concurrency 2 --max-tokens 7 --json"), ToolOutput::kStdout);
   ASSERT_EQ(result.exit_code, 0) << result.output;
   const nlohmann::json report = nlohmann::json::parse(result.output, nullptr, false);
   ASSERT_FALSE(report.is_discarded()) << result.output;
@@ -87,10 +83,9 @@ TEST_F(BenchEngineCli, LatencyFieldsMatchTheLoadClient) {
 
   // One time to first token and one request latency per request, and one inter-token gap for
   // every token after each request's first.
-  const std::pair<const char*, int64_t> expected_counts[] = {
-      {"time_to_first_token_seconds", 5},
-      {"inter_token_latency_seconds", 5 * 6},
-      {"request_latency_seconds", 5}};
+  const std::pair<const char*, int64_t> expected_counts[] = {{"time_to_first_token_seconds", 5},
+                                                             {"inter_token_latency_seconds", 5 * 6},
+                                                             {"request_latency_seconds", 5}};
   for (const auto& [name, count] : expected_counts) {
     ASSERT_TRUE(engine.contains(name)) << name;
     const nlohmann::json& summary = engine[name];
@@ -111,8 +106,8 @@ TEST_F(BenchEngineCli, LatencyFieldsMatchTheLoadClient) {
 }
 
 TEST_F(BenchEngineCli, TablePrintsThroughputAndLatency) {
-  const CommandResult result =
-      RunTool(EngineArguments("--requests 2 --concurrency 1 --max-tokens 4"), false);
+  const CommandResult result = RunW8a8Tool(
+      EngineArguments("--requests 2 --concurrency 1 --max-tokens 4"), ToolOutput::kStdout);
   ASSERT_EQ(result.exit_code, 0) << result.output;
   EXPECT_THAT(result.output, HasSubstr("2 succeeded, 0 failed"));
   EXPECT_THAT(result.output, HasSubstr("generated tokens/s"));
@@ -122,26 +117,26 @@ TEST_F(BenchEngineCli, TablePrintsThroughputAndLatency) {
 }
 
 TEST_F(BenchEngineCli, MissingPromptIsRejected) {
-  const CommandResult result = RunTool(
-      "bench --suite engine --model " + testing::Stories260KGguf().string(), true);
+  const CommandResult result =
+      RunW8a8Tool("bench --suite engine --model " + testing::Stories260KGguf().string());
   EXPECT_EQ(result.exit_code, 1);
   EXPECT_THAT(result.output, HasSubstr("needs --prompt"));
 }
 
 TEST_F(BenchEngineCli, MissingModelIsRejected) {
-  const CommandResult result = RunTool("bench --suite engine --prompt hello", true);
+  const CommandResult result = RunW8a8Tool("bench --suite engine --prompt hello");
   EXPECT_EQ(result.exit_code, 1);
   EXPECT_THAT(result.output, HasSubstr("engine suite needs --model"));
 }
 
 TEST_F(BenchEngineCli, ZeroConcurrencyIsRejected) {
-  const CommandResult result = RunTool(EngineArguments("--concurrency 0"), true);
+  const CommandResult result = RunW8a8Tool(EngineArguments("--concurrency 0"));
   EXPECT_EQ(result.exit_code, 1);
   EXPECT_THAT(result.output, HasSubstr("at least 1, got 64, 0 and"));
 }
 
 TEST_F(BenchEngineCli, MaxTokensBeyondContextIsRejected) {
-  const CommandResult result = RunTool(EngineArguments("--max-tokens 100000"), true);
+  const CommandResult result = RunW8a8Tool(EngineArguments("--max-tokens 100000"));
   EXPECT_EQ(result.exit_code, 1);
   EXPECT_THAT(result.output, HasSubstr("exceeds the context"));
 }

@@ -20,11 +20,8 @@ using ::testing::HasSubstr;
 
 using testing::CommandResult;
 
-// Runs the tool with `arguments`. Its stderr joins the output only when `with_stderr` is set.
-CommandResult RunTool(const std::string& arguments, bool with_stderr) {
-  return testing::RunShellCommand("OMP_WAIT_POLICY=passive " + testing::W8a8Tool().string() +
-                                  " " + arguments + (with_stderr ? " 2>&1" : " 2>/dev/null"));
-}
+using testing::RunW8a8Tool;
+using testing::ToolOutput;
 
 double Number(const nlohmann::json& object, const std::string& key) {
   if (!object.contains(key) || !object[key].is_number()) return -1.0;
@@ -80,7 +77,7 @@ void ExpectReadPatternsConsistent(const nlohmann::json& machine) {
 
 TEST_F(BenchCli, MachineAndKernelsJson) {
   const CommandResult result =
-      RunTool("bench --suite machine,kernels --seconds 0.05 --json", false);
+      RunW8a8Tool("bench --suite machine,kernels --seconds 0.05 --json", ToolOutput::kStdout);
   ASSERT_EQ(result.exit_code, 0) << result.output;
   const nlohmann::json report = nlohmann::json::parse(result.output, nullptr, false);
   ASSERT_FALSE(report.is_discarded()) << result.output;
@@ -121,7 +118,8 @@ TEST_F(BenchCli, MachineAndKernelsJson) {
 }
 
 TEST_F(BenchCli, MachineTablePrintsBothMeasurements) {
-  const CommandResult result = RunTool("bench --suite machine --seconds 0.05", false);
+  const CommandResult result =
+      RunW8a8Tool("bench --suite machine --seconds 0.05", ToolOutput::kStdout);
   ASSERT_EQ(result.exit_code, 0) << result.output;
   EXPECT_THAT(result.output, HasSubstr("machine at the start"));
   EXPECT_THAT(result.output, HasSubstr("machine at the end"));
@@ -135,8 +133,8 @@ TEST_F(BenchCli, MachineTablePrintsBothMeasurements) {
 TEST_F(BenchCli, ModelSuiteOnStories260K) {
   const std::string model = testing::Stories260KGguf().string();
   ASSERT_TRUE(std::filesystem::exists(model)) << model;
-  const CommandResult result =
-      RunTool("bench --suite model --seconds 0.01 --json --model " + model, false);
+  const CommandResult result = RunW8a8Tool(
+      "bench --suite model --seconds 0.01 --json --model " + model, ToolOutput::kStdout);
   ASSERT_EQ(result.exit_code, 0) << result.output;
   const nlohmann::json report = nlohmann::json::parse(result.output, nullptr, false);
   ASSERT_FALSE(report.is_discarded()) << result.output;
@@ -164,19 +162,19 @@ TEST_F(BenchCli, ModelSuiteOnStories260K) {
 }
 
 TEST_F(BenchCli, UnknownSuiteIsRejected) {
-  const CommandResult result = RunTool("bench --suite disk", true);
+  const CommandResult result = RunW8a8Tool("bench --suite disk");
   EXPECT_EQ(result.exit_code, 1);
   EXPECT_THAT(result.output, HasSubstr("unknown suite 'disk'"));
 }
 
 TEST_F(BenchCli, ModelSuiteWithoutModelIsRejected) {
-  const CommandResult result = RunTool("bench --suite model", true);
+  const CommandResult result = RunW8a8Tool("bench --suite model");
   EXPECT_EQ(result.exit_code, 1);
   EXPECT_THAT(result.output, HasSubstr("needs --model"));
 }
 
 TEST_F(BenchCli, NonPositiveSecondsIsRejected) {
-  const CommandResult result = RunTool("bench --seconds 0", true);
+  const CommandResult result = RunW8a8Tool("bench --seconds 0");
   EXPECT_EQ(result.exit_code, 1);
   EXPECT_THAT(result.output, HasSubstr("--seconds must be positive"));
 }

@@ -588,10 +588,7 @@ TEST_F(Stories260K, TokenizerJsonPaddedToVocabulary) {
 // The `w8a8 export-gguf` command.
 using testing::CommandResult;
 
-// Runs the tool with `arguments`; the output has both stdout and stderr.
-CommandResult RunTool(const std::string& arguments) {
-  return testing::RunShellCommand(testing::W8a8Tool().string() + " " + arguments + " 2>&1");
-}
+using testing::RunW8a8Tool;
 
 class ExportGgufCommand : public ::testing::Test {
  protected:
@@ -605,8 +602,8 @@ class ExportGgufCommand : public ::testing::Test {
 TEST_F(ExportGgufCommand, WritesAFileThatLoads) {
   const std::filesystem::path out = dir_ / "stories-q8_0.gguf";
   const CommandResult result =
-      RunTool("export-gguf --model " + testing::Stories260KGguf().string() + " --out " +
-              out.string() + " --outtype q8_0");
+      RunW8a8Tool("export-gguf --model " + testing::Stories260KGguf().string() + " --out " +
+                  out.string() + " --outtype q8_0");
   ASSERT_EQ(result.exit_code, 0) << result.output;
   EXPECT_THAT(result.output, HasSubstr("q8_0"));
   EXPECT_THAT(result.output, HasSubstr("blk.0.ffn_down.weight"));
@@ -616,15 +613,15 @@ TEST_F(ExportGgufCommand, WritesAFileThatLoads) {
 TEST_F(ExportGgufCommand, MissingModelDirectoryIsNamed) {
   const std::string missing = (dir_ / "no-model").string();
   const CommandResult result =
-      RunTool("export-gguf --model " + missing + " --out " + (dir_ / "m.gguf").string());
+      RunW8a8Tool("export-gguf --model " + missing + " --out " + (dir_ / "m.gguf").string());
   EXPECT_EQ(result.exit_code, 1);
   EXPECT_THAT(result.output, HasSubstr(missing + " not found"));
 }
 
 TEST_F(ExportGgufCommand, UnknownOuttypeListsTheValidOnes) {
   const CommandResult result =
-      RunTool("export-gguf --model " + testing::Stories260KGguf().string() + " --out " +
-              (dir_ / "m.gguf").string() + " --outtype q4_k");
+      RunW8a8Tool("export-gguf --model " + testing::Stories260KGguf().string() + " --out " +
+                  (dir_ / "m.gguf").string() + " --outtype q4_k");
   EXPECT_EQ(result.exit_code, 1);
   EXPECT_THAT(result.output, HasSubstr("'q4_k'"));
   EXPECT_THAT(result.output, HasSubstr("f32, f16, bf16 and q8_0"));
@@ -634,14 +631,14 @@ TEST_F(ExportGgufCommand, UnknownOuttypeListsTheValidOnes) {
 TEST_F(ExportGgufCommand, UnwritableOutputIsReported) {
   const std::string out = (dir_ / "missing" / "m.gguf").string();
   const CommandResult result =
-      RunTool("export-gguf --model " + testing::Stories260KGguf().string() + " --out " + out);
+      RunW8a8Tool("export-gguf --model " + testing::Stories260KGguf().string() + " --out " + out);
   EXPECT_EQ(result.exit_code, 1);
   EXPECT_THAT(result.output, HasSubstr("check that the directory exists and is writable"));
 }
 
 TEST_F(ExportGgufCommand, MissingOutFlagIsReported) {
   const CommandResult result =
-      RunTool("export-gguf --model " + testing::Stories260KGguf().string());
+      RunW8a8Tool("export-gguf --model " + testing::Stories260KGguf().string());
   EXPECT_EQ(result.exit_code, 1);
   EXPECT_THAT(result.output, HasSubstr("--out is missing"));
 }

@@ -19,10 +19,7 @@ using ::testing::HasSubstr;
 
 using testing::CommandResult;
 
-// Runs the tool with `arguments`; the output has both stdout and stderr.
-CommandResult RunTool(const std::string& arguments) {
-  return testing::RunShellCommand(testing::W8a8Tool().string() + " " + arguments + " 2>&1");
-}
+using testing::RunW8a8Tool;
 
 class QuantCli : public ::testing::Test {
  protected:
@@ -35,7 +32,7 @@ class QuantCli : public ::testing::Test {
 };
 
 TEST_F(QuantCli, AnalyzeJsonListsEveryLinearLayer) {
-  const CommandResult result = RunTool("analyze --model " + model_ + " --json");
+  const CommandResult result = RunW8a8Tool("analyze --model " + model_ + " --json");
   ASSERT_EQ(result.exit_code, 0) << result.output;
   const nlohmann::json report = nlohmann::json::parse(result.output, nullptr, false);
   ASSERT_FALSE(report.is_discarded()) << result.output;
@@ -51,14 +48,14 @@ TEST_F(QuantCli, AnalyzeJsonListsEveryLinearLayer) {
 TEST_F(QuantCli, OutliersAreFoundAndQuantized) {
   const std::string modified = (dir_ / "modified").string();
   const CommandResult injected =
-      RunTool("inject-outliers --model " + model_ + " --out " + modified +
-              " --layers model.layers.1.mlp.down_proj --factor 100 --seed 5");
+      RunW8a8Tool("inject-outliers --model " + model_ + " --out " + modified +
+                  " --layers model.layers.1.mlp.down_proj --factor 100 --seed 5");
   ASSERT_EQ(injected.exit_code, 0) << injected.output;
 
   testing::WriteFile(dir_ / "g4.yaml", "group_size: 4\n");
   const std::string config = (dir_ / "g4.yaml").string();
   const CommandResult analyzed =
-      RunTool("analyze --model " + modified + " --json --config " + config);
+      RunW8a8Tool("analyze --model " + modified + " --json --config " + config);
   ASSERT_EQ(analyzed.exit_code, 0) << analyzed.output;
   const nlohmann::json report = nlohmann::json::parse(analyzed.output, nullptr, false);
   ASSERT_FALSE(report.is_discarded()) << analyzed.output;
@@ -69,7 +66,7 @@ TEST_F(QuantCli, OutliersAreFoundAndQuantized) {
 
   const std::string quantized = (dir_ / "quantized").string();
   const CommandResult written =
-      RunTool("quantize --model " + modified + " --plan " + config + " --out " + quantized);
+      RunW8a8Tool("quantize --model " + modified + " --plan " + config + " --out " + quantized);
   ASSERT_EQ(written.exit_code, 0) << written.output;
   EXPECT_THAT(written.output, HasSubstr("34 per-channel, 1 per-group"));
   const nlohmann::json stored =
@@ -80,19 +77,19 @@ TEST_F(QuantCli, OutliersAreFoundAndQuantized) {
 }
 
 TEST_F(QuantCli, InvalidArgumentsExitWithMessage) {
-  const CommandResult no_plan = RunTool("quantize --model " + model_ + " --out " +
-                                        (dir_ / "x").string());
+  const CommandResult no_plan =
+      RunW8a8Tool("quantize --model " + model_ + " --out " + (dir_ / "x").string());
   EXPECT_EQ(no_plan.exit_code, 1);
   EXPECT_THAT(no_plan.output, HasSubstr("--plan is missing"));
 
-  const CommandResult too_many = RunTool("inject-outliers --model " + model_ + " --out " +
-                                         (dir_ / "y").string() + " --layers 3");
+  const CommandResult too_many = RunW8a8Tool("inject-outliers --model " + model_ + " --out " +
+                                             (dir_ / "y").string() + " --layers 3");
   EXPECT_EQ(too_many.exit_code, 1);
   EXPECT_THAT(too_many.output, HasSubstr("at most 1 of the model's 35 linear layers"));
 
   testing::WriteFile(dir_ / "bad.yaml", "group_size: 0\n");
-  const CommandResult bad_config = RunTool("analyze --model " + model_ + " --config " +
-                                           (dir_ / "bad.yaml").string());
+  const CommandResult bad_config =
+      RunW8a8Tool("analyze --model " + model_ + " --config " + (dir_ / "bad.yaml").string());
   EXPECT_EQ(bad_config.exit_code, 1);
   EXPECT_THAT(bad_config.output, HasSubstr("invalid group_size 0"));
 }
