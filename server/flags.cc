@@ -63,6 +63,10 @@ ABSL_FLAG(int64_t, default_max_tokens, 256, "max_tokens of a request that does n
 ABSL_FLAG(int32_t, max_stop_strings, 16, "Maximum stop strings per request.");
 ABSL_FLAG(int32_t, max_stop_string_bytes, 256, "Maximum bytes of one stop string.");
 ABSL_FLAG(int32_t, max_top_logprobs, 20, "Maximum top_logprobs of a request.");
+ABSL_FLAG(int64_t, stream_interval, 1,
+          "Generated tokens per GenerateStream message: a stream sends a message once at least "
+          "this many new tokens are ready, or the request finished. 1 sends every token as soon "
+          "as it exists; larger values send fewer messages and cost less CPU per token.");
 ABSL_FLAG(int32_t, max_concurrent_streams, 100, "Maximum concurrent calls per HTTP/2 connection.");
 ABSL_FLAG(int32_t, max_threads, 512,
           "Maximum gRPC handler threads; calls beyond get RESOURCE_EXHAUSTED.");
@@ -94,7 +98,7 @@ const std::vector<std::string>& ServerFlagNames() {
       "api_token", "admin_token", "tls_cert", "tls_key", "tls_client_ca", "grace_period_seconds",
       "max_message_bytes", "max_prompt_bytes", "max_prompt_tokens", "max_tokens_limit",
       "default_max_tokens", "max_stop_strings", "max_stop_string_bytes", "max_top_logprobs",
-      "max_concurrent_streams", "max_threads", "shadow_fraction", "shadow_queue",
+      "stream_interval", "max_concurrent_streams", "max_threads", "shadow_fraction", "shadow_queue",
       "eval_text", "eval_tasks", "eval_interval_seconds"};
   return *names;
 }
@@ -198,6 +202,7 @@ absl::StatusOr<ServerOptions> ServerOptionsFromFlags() {
   limits.max_stop_string_bytes = absl::GetFlag(FLAGS_max_stop_string_bytes);
   limits.max_top_logprobs = absl::GetFlag(FLAGS_max_top_logprobs);
   options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+  options.stream_interval = absl::GetFlag(FLAGS_stream_interval);
   options.max_concurrent_streams = absl::GetFlag(FLAGS_max_concurrent_streams);
   options.max_threads = absl::GetFlag(FLAGS_max_threads);
   for (const auto& [name, value] :
@@ -205,6 +210,7 @@ absl::StatusOr<ServerOptions> ServerOptionsFromFlags() {
         std::pair{"--max-tokens-limit", limits.max_tokens},
         std::pair{"--default-max-tokens", limits.default_max_tokens},
         std::pair{"--max-message-bytes", options.max_message_bytes},
+        std::pair{"--stream-interval", options.stream_interval},
         std::pair{"--max-concurrent-streams", int64_t{options.max_concurrent_streams}},
         std::pair{"--max-threads", int64_t{options.max_threads}}}) {
     if (value < 1) {

@@ -105,6 +105,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   server->authorizer_ = std::make_unique<Authorizer>(options.api_token, options.admin_token);
 
   ServiceOptions service_options{options.limits, /*admin_listener=*/false};
+  service_options.stream_interval = options.stream_interval;
   server->service_ = std::make_unique<W8A8ServeService>(server->gate_, *server->authorizer_,
                                                         server->metrics_, service_options);
   service_options.admin_listener = true;

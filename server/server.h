@@ -33,6 +33,7 @@ struct ServerOptions {
   std::string tls_client_ca;  // PEM file of CAs that client certificates must chain to.
 
   RequestLimits limits;
+  int64_t stream_interval = 1;          // Generated tokens per GenerateStream message.
   int64_t max_message_bytes = 4 << 20;  // Largest request message accepted.
   int max_concurrent_streams = 100;     // Per HTTP/2 connection.
   int max_threads = 512;  // gRPC handler threads; calls beyond get RESOURCE_EXHAUSTED.

@@ -1,10 +1,12 @@
 #include "server/service.h"
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
-#include <deque>
-#include <optional>
+#include <cstdint>
+#include <limits>
 #include <set>
+#include <span>
 #include <utility>
 #include <vector>
 
@@ -23,32 +25,48 @@ namespace v1 = ::w8a8serve::v1;
 constexpr auto kCancelPollInterval = std::chrono::milliseconds(20);
 
 // Updates of one request, from the engine thread to the handler thread. Push only takes a mutex
-// for a queue append, so the engine thread does not wait on the handler.
+// for a queue append, so the engine thread does not wait on the handler. It wakes the handler
+// only once `min_tokens` generated tokens or the final update are queued, so the handler wakes
+// once per message it sends instead of once per engine step.
 class UpdateQueue {
  public:
+  explicit UpdateQueue(int64_t min_tokens) : min_tokens_(min_tokens) {}
+
   void Push(GenerationUpdate update) {
+    bool ready = false;
     {
       std::lock_guard<std::mutex> lock(mutex_);
+      queued_tokens_ += static_cast<int64_t>(update.tokens.size());
+      finished_ = finished_ || update.finished;
       updates_.push_back(std::move(update));
+      ready = IsReady();
     }
-    ready_.notify_one();
+    if (ready) ready_.notify_one();
   }
 
-  // Returns the next update, or nullopt when none arrived within `timeout`.
-  std::optional<GenerationUpdate> Pop(std::chrono::milliseconds timeout) {
+  // Takes every queued update, in order, once at least `min_tokens` generated tokens or the
+  // final update are queued. Returns an empty vector when that did not happen within `timeout`.
+  std::vector<GenerationUpdate> PopReady(std::chrono::milliseconds timeout) {
     std::unique_lock<std::mutex> lock(mutex_);
-    if (!ready_.wait_for(lock, timeout, [this] { return !updates_.empty(); })) {
-      return std::nullopt;
-    }
-    GenerationUpdate update = std::move(updates_.front());
-    updates_.pop_front();
-    return update;
+    if (!ready_.wait_for(lock, timeout, [this] { return IsReady(); })) return {};
+    std::vector<GenerationUpdate> updates;
+    updates.swap(updates_);
+    queued_tokens_ = 0;
+    return updates;
   }
 
  private:
+  // Requires mutex_.
+  bool IsReady() const {
+    return !updates_.empty() && (finished_ || queued_tokens_ >= min_tokens_);
+  }
+
+  const int64_t min_tokens_;
   std::mutex mutex_;
   std::condition_variable ready_;
-  std::deque<GenerationUpdate> updates_;
+  std::vector<GenerationUpdate> updates_;
+  int64_t queued_tokens_ = 0;  // Generated tokens in updates_.
+  bool finished_ = false;      // The final update has been queued.
 };
 
 int64_t ModelVersion(const std::string& model_label) {
@@ -199,7 +217,8 @@ std::shared_ptr<ModelHost> ServingGate::host() const {
 W8A8ServeService::W8A8ServeService(const ServingGate& gate, const Authorizer& authorizer,
                                    std::shared_ptr<ServerMetrics> metrics, ServiceOptions options)
     : gate_(gate), authorizer_(authorizer), metrics_(std::move(metrics)),
-      options_(std::move(options)) {}
+      options_(std::move(options)),
+      stream_interval_(std::max<int64_t>(1, options_.stream_interval)) {}
 
 absl::StatusOr<std::shared_ptr<ModelHost>> W8A8ServeService::AcquireForInference(
     const grpc::ServerContext& context) const {
@@ -207,10 +226,11 @@ absl::StatusOr<std::shared_ptr<ModelHost>> W8A8ServeService::AcquireForInference
   return gate_.Acquire();
 }
 
-template <typename OnUpdate>
+template <typename OnUpdates>
 absl::Status W8A8ServeService::RunGeneration(grpc::ServerContext* context,
                                              const v1::GenerateRequest& request,
-                                             std::string& request_id, OnUpdate on_update) {
+                                             int64_t min_tokens, std::string& request_id,
+                                             OnUpdates on_updates) {
   absl::Status id_status = absl::OkStatus();
   if (request.request_id().empty()) {
     request_id = NewRequestId();
@@ -237,7 +257,7 @@ absl::Status W8A8ServeService::RunGeneration(grpc::ServerContext* context,
 
   // The prompt and generated ids, for the shadow comparison.
   std::vector<int32_t> sequence = generation->prompt_ids;
-  auto queue = std::make_shared<UpdateQueue>();
+  auto queue = std::make_shared<UpdateQueue>(min_tokens);
   absl::Status submitted = engine.Submit(
       *std::move(generation), [queue](GenerationUpdate update) { queue->Push(std::move(update)); });
   if (submitted.code() == absl::StatusCode::kResourceExhausted) {
@@ -255,16 +275,21 @@ absl::Status W8A8ServeService::RunGeneration(grpc::ServerContext* context,
     (void)engine.Cancel(request_id);
   };
   while (true) {
-    std::optional<GenerationUpdate> update = queue->Pop(kCancelPollInterval);
-    if (!update.has_value()) {
+    std::vector<GenerationUpdate> updates = queue->PopReady(kCancelPollInterval);
+    if (updates.empty()) {
       if (context->IsCancelled()) cancel("the client cancelled the call or its deadline passed");
       continue;
     }
-    if (!on_update(*update)) cancel("the client stopped reading the stream");
-    for (const GeneratedToken& token : update->tokens) sequence.push_back(token.token_id);
-    if (!update->finished) continue;
+    if (!on_updates(std::span<const GenerationUpdate>(updates))) {
+      cancel("the client stopped reading the stream");
+    }
+    for (const GenerationUpdate& update : updates) {
+      for (const GeneratedToken& token : update.tokens) sequence.push_back(token.token_id);
+    }
+    // The final update is the last one the engine pushes, so only the batch's last can be it.
+    if (!updates.back().finished) continue;
 
-    const GenerationUpdate& last = *update;
+    const GenerationUpdate& last = updates.back();
     absl::Status status = last.status;
     if (status.ok() && cancel_sent) {
       status = absl::CancelledError("the client cancelled the call");
@@ -290,9 +315,15 @@ grpc::Status W8A8ServeService::Generate(grpc::ServerContext* context,
   std::string request_id;
   const bool logprobs = WantsLogprobs(*request);
   std::shared_ptr<ModelHost> host = gate_.host();
-  absl::Status status =
-      RunGeneration(context, *request, request_id, [&](const GenerationUpdate& update) {
-        AppendUpdate(host->tokenizer(), logprobs, update, *response);
+  // The unary reply needs the whole completion, so the handler wakes only for the final update
+  // (or to poll for cancellation).
+  constexpr int64_t kUntilFinished = std::numeric_limits<int64_t>::max();
+  absl::Status status = RunGeneration(
+      context, *request, kUntilFinished, request_id,
+      [&](std::span<const GenerationUpdate> updates) {
+        for (const GenerationUpdate& update : updates) {
+          AppendUpdate(host->tokenizer(), logprobs, update, *response);
+        }
         return true;
       });
   response->set_request_id(request_id);
@@ -311,20 +342,32 @@ grpc::Status W8A8ServeService::GenerateStream(
   const bool logprobs = WantsLogprobs(*request);
   std::shared_ptr<ModelHost> host = gate_.host();
   bool writable = true;
-  absl::Status status =
-      RunGeneration(context, *request, request_id, [&](const GenerationUpdate& update) {
+  absl::Status status = RunGeneration(
+      context, *request, stream_interval_, request_id,
+      [&](std::span<const GenerationUpdate> updates) {
         if (!writable) return false;
+        // A failed status ends the stream with no final message, so the final update is not
+        // written for it. The tokens queued before it still are.
+        const bool failed = updates.back().finished && !updates.back().status.ok();
+        if (failed) updates = updates.first(updates.size() - 1);
+        if (updates.empty()) return true;
+
+        // Every update taken in one wake-up goes into one message. The tokens, log-probabilities
+        // and text concatenate in order, and the final update adds the finish reason, usage and
+        // timings.
         v1::GenerateStreamResponse message;
         message.set_request_id(request_id);
-        AppendUpdate(host->tokenizer(), logprobs, update, message);
-        // An update without tokens, text or end carries nothing for the client.
-        if (message.token_ids_size() == 0 && message.text().empty() && !update.finished) {
-          return true;
+        for (const GenerationUpdate& update : updates) {
+          AppendUpdate(host->tokenizer(), logprobs, update, message);
         }
-        // A failed status ends the stream with no final message, so the last update is not
-        // written for it.
-        if (update.finished && !update.status.ok()) return true;
-        writable = writer->Write(message);
+        const bool finished = updates.back().finished;
+        // Updates without tokens, text or end carry nothing for the client.
+        if (message.token_ids_size() == 0 && message.text().empty() && !finished) return true;
+        // gRPC sends the final message together with the call's status, which saves one round
+        // trip through the completion queue.
+        grpc::WriteOptions options;
+        if (finished) options.set_last_message();
+        writable = writer->Write(message, options);
         return writable;
       });
   if (!status.ok()) {

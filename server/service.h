@@ -2,6 +2,7 @@
 #pragma once
 
 #include <atomic>
+#include <cstdint>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -42,10 +43,16 @@ struct ServiceOptions {
   // The service instance on the 127.0.0.1 admin listener serves admin RPCs without a token
   // when no admin token is configured.
   bool admin_listener = false;
+  // GenerateStream sends a message once at least this many generated tokens are ready, or the
+  // request finished. 1 sends every token as soon as the engine produces it. Values below 1
+  // count as 1.
+  int64_t stream_interval = 1;
 };
 
 // Sync gRPC handlers: each call runs on a gRPC thread, and generation calls block that thread
 // until the engine finishes the request, polling for client cancellation every 20 ms.
+// GenerateStream writes one message per wake-up of its thread, with every update queued since
+// the previous message, so a stream lagging behind the engine sends fewer, larger messages.
 class W8A8ServeService final : public w8a8serve::v1::W8A8Serve::Service {
  public:
   W8A8ServeService(const ServingGate& gate, const Authorizer& authorizer,
@@ -80,12 +87,14 @@ class W8A8ServeService final : public w8a8serve::v1::W8A8Serve::Service {
                              w8a8serve::v1::RunEvaluationResponse* response) override;
 
  private:
-  // Runs one generation request, passing every engine update to `on_update`. Returns the
-  // final status; fills `request_id`.
-  template <typename OnUpdate>
+  // Runs one generation request. Whenever at least `min_tokens` generated tokens or the final
+  // update are queued, passes every queued engine update, in order, to `on_updates`
+  // (bool(std::span<const GenerationUpdate>), false when the client stopped reading). Returns
+  // the final status; fills `request_id`.
+  template <typename OnUpdates>
   absl::Status RunGeneration(grpc::ServerContext* context,
-                             const w8a8serve::v1::GenerateRequest& request,
-                             std::string& request_id, OnUpdate on_update);
+                             const w8a8serve::v1::GenerateRequest& request, int64_t min_tokens,
+                             std::string& request_id, OnUpdates on_updates);
   absl::StatusOr<std::shared_ptr<ModelHost>> AcquireForInference(
       const grpc::ServerContext& context) const;
 
@@ -93,6 +102,7 @@ class W8A8ServeService final : public w8a8serve::v1::W8A8Serve::Service {
   const Authorizer& authorizer_;
   std::shared_ptr<ServerMetrics> metrics_;
   ServiceOptions options_;
+  int64_t stream_interval_;  // options_.stream_interval, at least 1.
 };
 
 }  // namespace w8a8::server

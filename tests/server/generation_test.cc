@@ -96,7 +96,10 @@ TEST_F(GenerationTest, StreamMatchesOfflineGenerator) {
   const grpc::Status status = reader->Finish();
 
   ASSERT_TRUE(status.ok()) << status.error_message();
-  EXPECT_GT(messages, 10);
+  // Each message carries every token queued when the handler thread woke, so how many
+  // messages 50 tokens take depends on scheduling.
+  EXPECT_GE(messages, 1);
+  EXPECT_LE(messages, 50);
   EXPECT_EQ(text, expected.text);
   EXPECT_EQ(ids, expected.tokens);
   EXPECT_EQ(last.finish_reason(), v1::FINISH_REASON_LENGTH);
