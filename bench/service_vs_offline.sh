@@ -16,7 +16,8 @@
 # Environment: PLAN (per-channel), REQUESTS (64), MAX_TOKENS (64), CONCURRENCY ("1 4 8"),
 #   ROUNDS (3), THREADS (0: every core), PROMPT ("Once upon a time"), READY_SECONDS (600: the
 #   longest wait for the server to load the model), OUT (a directory that keeps the JSON
-#   reports).
+#   reports), SERVER_FLAGS (extra w8a8-server flags, split at spaces, such as
+#   "--stream-interval 8"; the offline run has no counterpart to them).
 # It builds nothing.
 set -euo pipefail
 
@@ -31,6 +32,7 @@ rounds=${ROUNDS:-3}
 threads=${THREADS:-0}
 prompt=${PROMPT:-Once upon a time}
 ready_seconds=${READY_SECONDS:-600}
+read -r -a server_flags <<<"${SERVER_FLAGS:-}"
 export OMP_WAIT_POLICY=passive
 
 server_bin=$build_dir/server/w8a8-server
@@ -90,7 +92,8 @@ start_server() {
   # Created here, because the background job below opens it only after the fork.
   : >"$log"
   "$server_bin" --model "$model" --plan "$plan" --threads "$threads" --host 127.0.0.1 \
-    --port 0 --metrics-port -1 --admin-port -1 --grace-period-seconds 5 >"$log" 2>&1 &
+    --port 0 --metrics-port -1 --admin-port -1 --grace-period-seconds 5 "${server_flags[@]}" \
+    >"$log" 2>&1 &
   server_pid=$!
   local deadline=$((SECONDS + ready_seconds))
   address=""
@@ -117,7 +120,8 @@ start_server() {
 }
 
 echo "model $model, plan $plan, threads $threads, $requests requests x $max_tokens tokens," \
-  "prompt '$prompt', $rounds rounds, OMP_WAIT_POLICY=$OMP_WAIT_POLICY"
+  "prompt '$prompt', $rounds rounds, OMP_WAIT_POLICY=$OMP_WAIT_POLICY," \
+  "server flags '${SERVER_FLAGS:-}'"
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 expected=$((requests * max_tokens))
 for concurrency in $concurrencies; do
