@@ -218,6 +218,34 @@ TEST_F(StreamIntervalTest, DeadlineEndsStreamWithoutFinalMessage) {
       WaitFor([] { return every_fourth_->server->host()->engine().Stats().running == 0; }, 10));
 }
 
+TEST(StreamIntervalTimeoutTest, ServerTimeoutEndsStreamWithoutFinalMessage) {
+  server::ServerOptions options = TestServerOptions();
+  options.stream_interval = 4;
+  options.host.engine.default_timeout = absl::Milliseconds(60);
+  auto started = StartTestServer(options);
+  ASSERT_TRUE(started.ok()) << started.status();
+  TestServer& server = **started;
+
+  v1::GenerateRequest request = GreedyRequest("Once upon a time", 2000);
+  request.mutable_sampling()->set_ignore_eos(true);
+  // No client deadline, so the server's default timeout ends the request with a failed status.
+  grpc::ClientContext context;
+  auto reader = server.stub->GenerateStream(&context, request);
+  v1::GenerateStreamResponse message;
+  int messages = 0;
+  while (reader->Read(&message)) {
+    ++messages;
+    EXPECT_GE(message.token_ids_size(), 1);
+    EXPECT_EQ(message.finish_reason(), v1::FINISH_REASON_UNSPECIFIED);
+    EXPECT_FALSE(message.has_usage());
+  }
+  const grpc::Status status = reader->Finish();
+
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED) << status.error_message();
+  EXPECT_GE(messages, 1);
+  EXPECT_TRUE(WaitFor([&] { return server.server->host()->engine().Stats().running == 0; }, 10));
+}
+
 TEST(StreamIntervalFlagTest, NonPositiveValuesRejected) {
   absl::FlagSaver saver;
   absl::SetFlag(&FLAGS_model, Stories260KGguf().string());
