@@ -117,7 +117,8 @@ void RmsNorm(const float* x, const float* weight, int64_t rows, int64_t dim, flo
 class TiedLmHead final : public LinearLayer {
  public:
   // Exactly one of `embedding` and `embedding_bf16` is non-empty.
-  TiedLmHead(const std::vector<float>& embedding, const std::vector<uint16_t>& embedding_bf16,
+  TiedLmHead(const std::vector<float>& embedding,
+             const kernels::WeightVector<uint16_t>& embedding_bf16,
              int64_t vocab_size, int64_t hidden_size)
       : embedding_(embedding),
         embedding_bf16_(embedding_bf16),
@@ -138,7 +139,7 @@ class TiedLmHead final : public LinearLayer {
 
  private:
   const std::vector<float>& embedding_;
-  const std::vector<uint16_t>& embedding_bf16_;
+  const kernels::WeightVector<uint16_t>& embedding_bf16_;
   int64_t vocab_size_;
   int64_t hidden_size_;
 };

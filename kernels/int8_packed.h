@@ -3,12 +3,11 @@
 // them. The public entry point is Int8Matmul in gemm.h.
 #pragma once
 
-#include <cstddef>
 #include <cstdint>
-#include <new>
 #include <vector>
 
 #include "kernels/cpu_features.h"
+#include "kernels/weight_memory.h"
 
 namespace w8a8::kernels::internal {
 
@@ -23,24 +22,6 @@ inline constexpr int64_t kBlockQuad = 4;
 // Bytes of one step of a quad: kBlockQuad blocks x kPackRows rows x kPackDepth inputs.
 inline constexpr int64_t kQuadStepBytes = kBlockQuad * kPackRows * kPackDepth;
 
-// Allocates on 64-byte boundaries, so each 64-byte line of the packed weights is one cache
-// line and oneDNN can read the buffer in place.
-template <typename T>
-struct CacheLineAllocator {
-  using value_type = T;
-  static constexpr std::align_val_t kAlignment{64};
-
-  CacheLineAllocator() = default;
-  template <typename U>
-  explicit CacheLineAllocator(const CacheLineAllocator<U>&) {}
-
-  T* allocate(size_t count) {
-    return static_cast<T*>(::operator new(count * sizeof(T), kAlignment));
-  }
-  void deallocate(T* pointer, size_t) { ::operator delete(pointer, kAlignment); }
-  friend bool operator==(const CacheLineAllocator&, const CacheLineAllocator&) { return true; }
-};
-
 // Weights [n, k] split into blocks of kPackRows output rows. Each scale group of a row is
 // padded with zero weights to a multiple of kPackDepth inputs, so a group never shares a
 // 32-bit lane with the next one. A step covers kPackDepth padded inputs. Blocks are stored in
@@ -48,8 +29,9 @@ struct CacheLineAllocator {
 // contiguous stream of 256-byte steps and a block's step is one 64-byte line. Rows past n,
 // up to a whole quad, are zero, and so are their compensation and scales.
 //
-// With one scale per row and k a multiple of 64, this is oneDNN's blocked layout BA16a64b4a
-// of the [k, n] matrix: blocks of 64 columns, each a contiguous run of 64 x 4 byte steps.
+// With one scale per row and k a multiple of 64, this is oneDNN's blocked layout BA16a64b4a of
+// the [k, n] matrix (blocks of 64 columns, each a contiguous run of 64 x 4 byte steps). The
+// weights are cache-line aligned (AllocateWeightBytes), so oneDNN can read them in place.
 struct PackedInt8Weights {
   int64_t n = 0;
   int64_t k = 0;
@@ -60,8 +42,8 @@ struct PackedInt8Weights {
   int64_t steps = 0;       // Steps per block, the padded k divided by kPackDepth.
   std::vector<int32_t> group_steps;  // [groups]: steps in each group.
   std::vector<int32_t> group_begin;  // [groups]: first input of each group in the unpadded k.
-  // [quads][steps][kBlockQuad][kPackRows][kPackDepth], from a 64-byte boundary.
-  std::vector<int8_t, CacheLineAllocator<int8_t>> weights;
+  // [quads][steps][kBlockQuad][kPackRows][kPackDepth].
+  WeightVector<int8_t> weights;
   // [quads * kBlockQuad][groups][kPackRows]: -128 * the sum of the group's weights, added to
   // each group's int32 dot product because the activations enter it as unsigned bytes x + 128.
   std::vector<int32_t> compensation;
