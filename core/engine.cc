@@ -1,5 +1,7 @@
 #include "core/engine.h"
 
+#include <omp.h>
+
 #include <algorithm>
 #include <deque>
 #include <exception>
@@ -11,6 +13,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "kernels/threads.h"
 #include "absl/synchronization/mutex.h"
 #include "core/block_allocator.h"
 #include "core/engine_sequence.h"
@@ -332,6 +335,11 @@ EngineStats Engine::Impl::Stats() const {
 }
 
 void Engine::Impl::Run() {
+  kernels::UseComputeThreads();
+  {
+    absl::MutexLock lock(&mu_);
+    published_.compute_threads = omp_get_max_threads();
+  }
   while (true) {
     std::vector<std::unique_ptr<EngineSequence>> arrived;
     absl::flat_hash_set<std::string> cancels;

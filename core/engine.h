@@ -154,6 +154,7 @@ struct EngineStats {
   int64_t block_size = 0;
   int64_t steps = 0;        // Since creation.
   int64_t preemptions = 0;  // Since creation.
+  int64_t compute_threads = 0;  // OpenMP threads of the engine thread's kernels.
   bool draining = false;
   std::string model_label;  // The model new requests start on.
 };

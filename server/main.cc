@@ -18,6 +18,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "core/cli_args.h"
+#include "kernels/threads.h"
 #include "prometheus/registry.h"
 #include "server/flags.h"
 #include "server/server.h"
@@ -63,9 +64,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   spdlog::set_level(level);
-  if (const int32_t threads = absl::GetFlag(FLAGS_threads); threads > 0) {
-    omp_set_num_threads(threads);
-  }
+  w8a8::kernels::SetComputeThreads(absl::GetFlag(FLAGS_threads));
   const double grace_seconds = absl::GetFlag(FLAGS_grace_period_seconds);
   if (!(grace_seconds >= 0) || std::isinf(grace_seconds)) {
     std::fprintf(stderr, "w8a8-server: --grace-period-seconds=%g is invalid: use 0 or more\n",

@@ -11,6 +11,7 @@
 #include "absl/time/time.h"
 #include "core/linear.h"
 #include "core/status_macros.h"
+#include "kernels/threads.h"
 #include "spdlog/spdlog.h"
 
 namespace w8a8::server {
@@ -59,6 +60,7 @@ absl::StatusOr<std::unique_ptr<ModelHost>> ModelHost::Load(
 
   ASSIGN_OR_RETURN(ResolvedQuantization resolved,
                    ResolveQuantization(*host->checkpoint_, options.quantization));
+  kernels::UseComputeThreads();
   ASSIGN_OR_RETURN(ServedModel served,
                    BuildServedModel(*host->checkpoint_, resolved, options.model));
   spdlog::info("quantized with plan {}: {}; analysis {:.3f} s, model build {:.3f} s, "
@@ -130,6 +132,7 @@ void ModelHost::OfferShadowSample(std::vector<int32_t> tokens, const std::string
 }
 
 absl::StatusOr<EvaluationReport> ModelHost::RunEvaluation() {
+  kernels::UseComputeThreads();
   if (evaluator_ == nullptr) {
     return absl::FailedPreconditionError(
         "no evaluation is configured: start the server with --eval-text or --eval-tasks");
@@ -201,6 +204,7 @@ absl::StatusOr<int64_t> ModelHost::StartUpdate(const QuantizationRequest& reques
 }
 
 void ModelHost::RunUpdate(ResolvedQuantization resolved, int64_t version) {
+  kernels::UseComputeThreads();
   const absl::Time start = absl::Now();
   absl::Status status;
   absl::StatusOr<ServedModel> served = BuildServedModel(*checkpoint_, resolved, options_.model);

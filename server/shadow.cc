@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/eval.h"
+#include "kernels/threads.h"
 #include "spdlog/spdlog.h"
 
 namespace w8a8::server {
@@ -79,6 +80,7 @@ void ShadowComparator::Enqueue(ShadowSample sample) {
 
 void ShadowComparator::Run() {
   LowerThreadPriority();
+  kernels::UseComputeThreads();
   while (true) {
     ShadowSample sample;
     {

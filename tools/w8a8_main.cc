@@ -1,5 +1,4 @@
 // The `w8a8` offline tool: w8a8 COMMAND [--flags...].
-#include <omp.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -11,6 +10,7 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "core/cli_args.h"
+#include "kernels/threads.h"
 #include "spdlog/spdlog.h"
 #include "tools/command.h"
 #include "tools/flags.h"
@@ -74,8 +74,6 @@ int main(int argc, char** argv) {
   std::vector<std::string> positional_args(positional.begin() + 1, positional.end());
 
   spdlog::set_level(spdlog::level::from_str(absl::GetFlag(FLAGS_log_level)));
-  if (const int32_t threads = absl::GetFlag(FLAGS_threads); threads > 0) {
-    omp_set_num_threads(threads);
-  }
+  w8a8::kernels::SetComputeThreads(absl::GetFlag(FLAGS_threads));
   return command->run(positional_args);
 }

@@ -1,5 +1,6 @@
 #include "core/engine.h"
 
+#include <omp.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -20,6 +21,7 @@
 #include "core/model.h"
 #include "core/tokenizer.h"
 #include "gtest/gtest.h"
+#include "kernels/threads.h"
 #include "tests/test_util.h"
 
 namespace w8a8 {
@@ -232,6 +234,27 @@ TEST_F(EngineTest, ConcurrentGreedyMatchesSolo) {
   EXPECT_EQ(stats.running, 0);
   EXPECT_EQ(stats.waiting, 0);
   EXPECT_EQ(stats.kv_blocks_used, 0);
+}
+
+// OpenMP keeps the team size per thread, so the engine thread applies SetComputeThreads
+// itself. One more thread than the default distinguishes the two on any machine.
+TEST_F(EngineTest, EngineThreadUsesComputeThreads) {
+  const int default_threads = omp_get_max_threads();
+  const int threads = default_threads + 1;
+  kernels::SetComputeThreads(threads);
+  std::unique_ptr<Engine> engine = MakeEngine(SmallOptions());
+  Collector collector;
+  const bool submitted =
+      engine != nullptr && engine->Submit(Greedy("threads", "Once", 3), collector.Callback()).ok();
+  const bool finished = submitted && collector.Wait();
+  const int64_t engine_threads = engine != nullptr ? engine->Stats().compute_threads : 0;
+  engine.reset();
+  kernels::SetComputeThreads(0);
+  omp_set_num_threads(default_threads);
+
+  ASSERT_TRUE(submitted);
+  ASSERT_TRUE(finished);
+  EXPECT_EQ(engine_threads, threads);
 }
 
 TEST_F(EngineTest, ChunkedPrefillMatchesSolo) {
