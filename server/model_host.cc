@@ -132,7 +132,6 @@ void ModelHost::OfferShadowSample(std::vector<int32_t> tokens, const std::string
 }
 
 absl::StatusOr<EvaluationReport> ModelHost::RunEvaluation() {
-  kernels::UseComputeThreads();
   if (evaluator_ == nullptr) {
     return absl::FailedPreconditionError(
         "no evaluation is configured: start the server with --eval-text or --eval-tasks");
@@ -144,7 +143,10 @@ absl::StatusOr<EvaluationReport> ModelHost::RunEvaluation() {
     served = current_;
     version = version_;
   }
-  return evaluator_->Run(*served, version, *tokenizer_);
+  // The callers (a gRPC handler, the schedule) live on, so the evaluation's OpenMP workers get
+  // a thread of their own that ends with it.
+  return kernels::RunOnTransientThread(
+      [&] { return evaluator_->Run(*served, version, *tokenizer_); });
 }
 
 void ModelHost::RunScheduledEvaluations() {

@@ -18,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/checkpoint.h"
 #include "core/engine.h"
+#include "kernels/threads.h"
 #include "core/model.h"
 #include "core/quantization.h"
 #include "core/tokenizer.h"
@@ -219,16 +220,20 @@ absl::StatusOr<nlohmann::json> RunEngineSuite(const EngineSuiteOptions& options)
   absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer =
       Tokenizer::FromSource((*checkpoint)->tokenizer_source());
   if (!tokenizer.ok()) return tokenizer.status();
-  // fp32 becomes the empty plan, which runs a compressed-tensors checkpoint as stored and any
-  // other checkpoint in FP32, as the server's fp32 plan does.
-  absl::StatusOr<LinearFactory> factory = LinearFactoryForPlan(
-      **checkpoint, options.plan == "fp32" ? std::string() : options.plan);
-  if (!factory.ok()) return factory.status();
-  // The server sizes the model's forward batches by its engine's step budget.
-  ModelOptions model_options;
-  model_options.max_batch_tokens = options.engine.max_batch_tokens;
-  absl::StatusOr<std::unique_ptr<Model>> model =
-      Model::Create(**checkpoint, *factory, model_options);
+  // Planning and quantizing run on a thread of their own, so that their OpenMP workers exit
+  // before the engine thread starts its own.
+  absl::StatusOr<std::unique_ptr<Model>> model = kernels::RunOnTransientThread(
+      [&]() -> absl::StatusOr<std::unique_ptr<Model>> {
+        // fp32 becomes the empty plan, which runs a compressed-tensors checkpoint as stored and
+        // any other checkpoint in FP32, as the server's fp32 plan does.
+        absl::StatusOr<LinearFactory> factory = LinearFactoryForPlan(
+            **checkpoint, options.plan == "fp32" ? std::string() : options.plan);
+        if (!factory.ok()) return factory.status();
+        // The server sizes the model's forward batches by its engine's step budget.
+        ModelOptions model_options;
+        model_options.max_batch_tokens = options.engine.max_batch_tokens;
+        return Model::Create(**checkpoint, *factory, model_options);
+      });
   if (!model.ok()) return model.status();
   const double load_seconds = SecondsBetween(load_start, Clock::now());
 

@@ -13,6 +13,7 @@
 #include "absl/flags/flag.h"
 #include "absl/strings/str_split.h"
 #include "kernels/cpu_features.h"
+#include "kernels/threads.h"
 #include "tools/bench_machine.h"
 #include "tools/bench_suites.h"
 #include "tools/command.h"
@@ -226,20 +227,26 @@ int RunBench(const std::vector<std::string>& args) {
   // The engine suite states no fractions of the ceilings and runs a fixed amount of work
   // instead of --seconds, so alone it skips the machine measurement.
   const bool engine_only = suites.size() == 1 && suites.contains("engine");
-  const MachineCeilings machine = engine_only ? MachineCeilings{} : MeasureMachine(seconds);
+  // Every suite runs on a thread of its own, so that the OpenMP workers of one suite do not
+  // outlive it (see kernels::RunOnTransientThread).
+  const MachineCeilings machine =
+      engine_only ? MachineCeilings{}
+                  : kernels::RunOnTransientThread([&] { return MeasureMachine(seconds); });
   if (!engine_only) {
     report["seconds"] = seconds;
     report["machine"] = MachineJson(machine);
     if (!json) PrintMachine("machine at the start", machine);
   }
   if (suites.contains("kernels")) {
-    absl::StatusOr<nlohmann::json> cases = RunKernelSuite(machine, seconds);
+    absl::StatusOr<nlohmann::json> cases =
+        kernels::RunOnTransientThread([&] { return RunKernelSuite(machine, seconds); });
     if (!cases.ok()) return Fail(std::string(cases.status().message()));
     report["kernels"] = *cases;
     if (!json) PrintKernels(*cases);
   }
   if (suites.contains("model")) {
-    absl::StatusOr<nlohmann::json> model = RunModelSuite(model_path, machine, seconds);
+    absl::StatusOr<nlohmann::json> model = kernels::RunOnTransientThread(
+        [&] { return RunModelSuite(model_path, machine, seconds); });
     if (!model.ok()) return Fail(std::string(model.status().message()));
     report["model"] = *model;
     if (!json) PrintModel(*model);
@@ -262,7 +269,8 @@ int RunBench(const std::vector<std::string>& args) {
   // The ceilings again, so that a reader sees whether the load on the machine changed while
   // the suites ran. Fractions above are stated against the ceilings from the start.
   if (!engine_only) {
-    const MachineCeilings machine_end = MeasureMachine(seconds);
+    const MachineCeilings machine_end =
+        kernels::RunOnTransientThread([&] { return MeasureMachine(seconds); });
     report["machine_end"] = MachineJson(machine_end);
     if (!json) {
       std::printf("\n");
