@@ -13,11 +13,11 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "kernels/threads.h"
 #include "absl/synchronization/mutex.h"
 #include "core/block_allocator.h"
 #include "core/engine_sequence.h"
 #include "core/scheduler.h"
+#include "kernels/threads.h"
 #include "spdlog/spdlog.h"
 
 namespace w8a8 {
