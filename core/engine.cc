@@ -78,6 +78,10 @@ absl::Status EngineOptions::Validate() const {
 
 namespace {
 
+// Vocabularies at least this large sample the sequences of a step in parallel. Below it a
+// draw takes microseconds, less than waking OpenMP workers that sleep (OMP_WAIT_POLICY=passive).
+constexpr size_t kParallelSamplingMinVocab = 16384;
+
 // Fields of the model config that fix the KV-cache layout and the logits row size.
 absl::Status CheckSameLayout(const ModelConfig& current, const ModelConfig& next) {
   struct Field {
@@ -582,6 +586,8 @@ void Engine::Impl::RunModel(const std::shared_ptr<const Model>& model,
   const size_t vocab = static_cast<size_t>(model->config().vocab_size);
   size_t row = 0;
   const absl::Time now = absl::Now();
+  // The sequences that sample a token in this step, with their logits.
+  std::vector<std::pair<EngineSequence*, std::span<float>>> samples;
   for (size_t i = 0; i < entries.size(); ++i) {
     EngineSequence& sequence = *entries[i].sequence;
     const SequenceStep& step = steps[i];
@@ -606,9 +612,16 @@ void Engine::Impl::RunModel(const std::shared_ptr<const Model>& model,
     sequence.num_computed += static_cast<int64_t>(step.tokens.size());
     if (step.logits != SequenceStep::Logits::kNone &&
         sequence.num_computed == static_cast<int64_t>(sequence.tokens().size())) {
-      sequence.SampleNext(rows.subspan(rows.size() - vocab), now);
+      samples.emplace_back(&sequence, rows.subspan(rows.size() - vocab));
     }
   }
+  // Sampling from a 128K vocabulary costs about half a millisecond per sequence (a softmax in
+  // double), so the sequences of a batch sample in parallel. Each touches only its own state
+  // and random generator, so the tokens do not depend on the order.
+  const int64_t count = static_cast<int64_t>(samples.size());
+  const bool parallel = count > 1 && vocab >= kParallelSamplingMinVocab;
+#pragma omp parallel for schedule(dynamic, 1) if (parallel)
+  for (int64_t i = 0; i < count; ++i) samples[i].first->SampleNext(samples[i].second, now);
 }
 
 void Engine::Impl::Deliver(const StepStats* step) {

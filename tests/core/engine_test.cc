@@ -755,6 +755,56 @@ TEST_F(EngineTest, SeededSamplingRepeats) {
   EXPECT_EQ(RunSolo(request), RunSolo(request));
 }
 
+// With a vocabulary of 16384 tokens or more, the sequences of a step sample in parallel. The
+// seeded draws of each sequence must equal those of the same request run alone.
+TEST_F(EngineTest, ParallelSamplingMatchesSolo) {
+  testing::TempDir dir;
+  MakeModelOptions make_options;
+  make_options.config = LoadStories260K().model->config();
+  make_options.config.vocab_size = 32768;
+  make_options.seed = 3;
+  ASSERT_TRUE(MakeModel(make_options, dir.path()).ok());
+  auto checkpoint = Checkpoint::Open(dir.path());
+  ASSERT_TRUE(checkpoint.ok()) << checkpoint.status();
+  auto created = Model::Create(**checkpoint, Fp32LinearFactory());
+  ASSERT_TRUE(created.ok()) << created.status();
+  const std::shared_ptr<const Model> model = std::move(*created);
+
+  // Runs `requests` at once on a fresh engine and returns the tokens of each.
+  const auto run = [&](const std::vector<GenerationRequest>& requests) {
+    std::vector<std::vector<int32_t>> tokens(requests.size());
+    auto engine = Engine::Create(model, LoadStories260K().tokenizer, SmallOptions());
+    EXPECT_TRUE(engine.ok()) << engine.status();
+    if (!engine.ok()) return tokens;
+    std::vector<std::unique_ptr<Collector>> collectors;
+    for (const GenerationRequest& request : requests) {
+      collectors.push_back(std::make_unique<Collector>());
+      EXPECT_TRUE((*engine)->Submit(request, collectors.back()->Callback()).ok());
+    }
+    for (size_t i = 0; i < requests.size(); ++i) {
+      EXPECT_TRUE(collectors[i]->Wait()) << requests[i].request_id;
+      tokens[i] = collectors[i]->Tokens();
+    }
+    return tokens;
+  };
+
+  std::vector<GenerationRequest> requests;
+  for (int i = 0; i < 4; ++i) {
+    GenerationRequest request = Greedy(absl::StrCat("sampled-", i), Prompts()[i], 12);
+    request.sampling.temperature = 1.0;
+    request.sampling.seed = 100 + i;
+    request.sampling.has_seed = true;
+    request.sampling.ignore_eos = true;
+    requests.push_back(request);
+  }
+  const std::vector<std::vector<int32_t>> together = run(requests);
+  for (size_t i = 0; i < requests.size(); ++i) {
+    const std::vector<std::vector<int32_t>> alone = run({requests[i]});
+    EXPECT_EQ(together[i].size(), 12u) << requests[i].request_id;
+    EXPECT_EQ(together[i], alone[0]) << requests[i].request_id;
+  }
+}
+
 TEST_F(EngineTest, InvalidOptionsAreRejected) {
   const Stories260K& stories = LoadStories260K();
   EngineOptions options;
