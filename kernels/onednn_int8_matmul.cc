@@ -21,8 +21,8 @@ using dnnl::memory;
 
 using Primitive = MatmulPrimitive;
 
-// The row count for which oneDNN picks the weight layout. oneDNN runs only products of
-// several rows (the packed loop computes single rows), and 16 stands for them.
+// The row count of the product for which oneDNN picks the weight layout. oneDNN runs only
+// products of several rows, because the packed loop computes single rows.
 constexpr int64_t kLayoutRows = 16;
 
 class OneDnnInt8MatmulImpl final : public OneDnnInt8Matmul {
