@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
@@ -24,6 +25,8 @@
 #include "kernels/cpu_features.h"
 #include "kernels/fused.h"
 #include "kernels/gemm.h"
+#include "kernels/gemm_bf16.h"
+#include "kernels/weight_memory.h"
 #include "tools/bench_common.h"
 
 namespace w8a8::kernels {
@@ -112,6 +115,27 @@ void BenchF32(benchmark::State& state, LinearShape shape, int64_t m, bool cold) 
     next = next + 1 == copies ? 0 : next + 1;
   }
   SetCounters(state, 2.0 * m * n * k, 4.0 * double(n * k + m * k + m * n));
+}
+
+// GemmBf16Weights on the tied output matrix of Llama-3.2-1B (vocabulary 128256 x hidden 2048,
+// 501 MiB), which alone exceeds the last-level cache, so every product reads it from DRAM.
+// GB/s counts the BF16 weights, the FP32 activations and the outputs.
+void BenchBf16LmHead(benchmark::State& state, int64_t m) {
+  constexpr int64_t n = 128256, k = 2048;
+  WeightVector<uint16_t> weights(n * k);
+  const std::vector<float> values = RandomFloats(n * k, 5);
+  for (int64_t i = 0; i < n * k; ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, &values[i], sizeof(bits));
+    weights[i] = static_cast<uint16_t>(bits >> 16);
+  }
+  const std::vector<float> x = RandomFloats(m * k, 99);
+  std::vector<float> y(m * n);
+  for (auto _ : state) {
+    GemmBf16Weights(x.data(), weights.data(), y.data(), m, n, k);
+    benchmark::DoNotOptimize(y.data());
+  }
+  SetCounters(state, 2.0 * m * n * k, 2.0 * double(n * k) + 4.0 * double(m * k + m * n));
 }
 
 void BenchQuantize(benchmark::State& state, int64_t m, int64_t k) {
@@ -272,10 +296,13 @@ void RegisterAll() {
         RegisterInt8("Int8Group128", shape, 1, 128, cold, threads);
       }
     }
-    // Batched decode: oneDNN against the packed loop (per-channel numerics with group_size k).
+    // Batched decode, warm and from DRAM: oneDNN against the packed loop (per-channel
+    // numerics with group_size k).
     for (int64_t m : {2, 4, 8, 16}) {
-      RegisterInt8("Int8PerChannel", shape, m, 0, false, 0);
-      RegisterInt8("Int8PerRowPacked", shape, m, shape.k, false, 0);
+      for (bool cold : {false, true}) {
+        RegisterInt8("Int8PerChannel", shape, m, 0, cold, 0);
+        RegisterInt8("Int8PerRowPacked", shape, m, shape.k, cold, 0);
+      }
     }
     // Prefill.
     for (int64_t m : {16, 64, 512}) {
@@ -299,6 +326,12 @@ void RegisterAll() {
             ->UseRealTime();
       }
     }
+  }
+  for (int64_t m : {1, 4, 8, 16}) {
+    benchmark::RegisterBenchmark(("Bf16LmHead/m=" + std::to_string(m)).c_str(), BenchBf16LmHead,
+                                 m)
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime();
   }
   for (int64_t m : {int64_t{1}, int64_t{512}}) {
     for (int64_t k : {int64_t{2048}, int64_t{8192}}) {

@@ -4,6 +4,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <vector>
 
@@ -19,11 +20,12 @@
 namespace w8a8::kernels {
 namespace {
 
-// Up to kMaxSmallM rows of x, each tile of kWeightRows rows of w is read from memory once
-// and used for every row of x, kRowsPerPass rows at a time from L1.
+// Up to kMaxSmallM rows of x, each tile of rows of w is read from memory once and used for
+// every row of x, at most kRowsPerPass rows at a time, the later passes from L1.
 constexpr int64_t kMaxSmallM = 16;
-constexpr int64_t kRowsPerPass = 4;
-constexpr int64_t kWeightRows = 4;
+constexpr int64_t kRowsPerPass = 8;
+// Inputs of one step: 32 BF16 weights, one 64-byte load per row of w.
+constexpr int64_t kStepInputs = 32;
 // Rows of w converted at once for the GemmF32 path: 1024 rows of 8192 inputs are 32 MiB.
 constexpr int64_t kConvertRows = 1024;
 
@@ -51,56 +53,150 @@ W8A8_AVX512 inline __m512 LoadBf16(const uint16_t* in, __mmask16 mask) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16));
 }
 
-// kWeightRows rows of w (or fewer at the end) against kM <= kRowsPerPass rows of x. Every
-// (row of x, row of w) pair has its own accumulator, so kWeightRows * kM chains run at once.
-template <int kM>
-W8A8_AVX512 void SmallMTile(const float* x, const uint16_t* w, float* y, int64_t n, int64_t k,
-                            int64_t col, int64_t rows) {
-  __m512 sums[kM][kWeightRows];
-  for (int r = 0; r < kM; ++r) {
-    for (int64_t j = 0; j < kWeightRows; ++j) sums[r][j] = _mm512_setzero_ps();
-  }
-  for (int64_t i = 0; i < k; i += 16) {
-    const __mmask16 mask =
-        k - i >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << (k - i)) - 1);
-    __m512 inputs[kM];
-    for (int r = 0; r < kM; ++r) inputs[r] = _mm512_maskz_loadu_ps(mask, x + r * k + i);
-    for (int64_t j = 0; j < kWeightRows; ++j) {
-      // Rows past the end repeat the last row. Their sums are not stored.
-      const __m512 weights = LoadBf16(w + (col + std::min(j, rows - 1)) * k + i, mask);
-      for (int r = 0; r < kM; ++r) sums[r][j] = _mm512_fmadd_ps(inputs[r], weights, sums[r][j]);
+// Copies the rows of x into `out` [m, padded_k] in the order in which a step widens the
+// weights. A 64-byte load contains 32 BF16 weights, two per 32-bit lane: shifting each lane left
+// by 16 bits gives the even inputs as FP32, clearing its low 16 bits gives the odd ones, and
+// neither needs a shuffle. So each step of 32 inputs of x is stored as its 16 even inputs,
+// then its 16 odd ones. The padding up to padded_k, a multiple of 32, is zero.
+void InterleaveInputs(const float* x, int64_t m, int64_t k, int64_t padded_k, float* out) {
+  for (int64_t r = 0; r < m; ++r) {
+    const float* in = x + r * k;
+    float* row = out + r * padded_k;
+    std::fill(row, row + padded_k, 0.0f);
+    for (int64_t i = 0; i < k; ++i) {
+      const int64_t step_begin = i / kStepInputs * kStepInputs;
+      const int64_t lane = (i % kStepInputs) / 2;
+      row[step_begin + (i % 2) * 16 + lane] = in[i];
     }
   }
+}
+
+// kW rows of w from row `col` on (`rows` of them, fewer at the end) against kM rows of x,
+// interleaved by InterleaveInputs. Every (row of x, row of w) pair has its own accumulator.
+// Each step prefetches the same inputs kW rows further on, which the next tile of the thread
+// reads: a row of w is only a few KiB, too short for the hardware prefetcher to ramp up.
+template <int kM, int kW>
+W8A8_AVX512 void SmallMTile(const float* x, int64_t padded_k, const uint16_t* w, int64_t k,
+                            float* y, int64_t n, int64_t col, int64_t rows) {
+  static_assert(kM * kW <= 16);
+  __m512 sums[kM][kW];
+  const uint16_t* w_rows[kW];
+#pragma GCC unroll 8
+  for (int j = 0; j < kW; ++j) {
+    // Rows past the end repeat the last row. Their sums are not stored.
+    w_rows[j] = w + (col + std::min<int64_t>(j, rows - 1)) * k;
+#pragma GCC unroll 8
+    for (int r = 0; r < kM; ++r) sums[r][j] = _mm512_setzero_ps();
+  }
+  const __m512i high_half = _mm512_set1_epi32(static_cast<int32_t>(0xffff0000u));
+  for (int64_t i = 0; i < k; i += kStepInputs) {
+    const __mmask32 mask = k - i >= kStepInputs
+                               ? static_cast<__mmask32>(0xffffffffu)
+                               : static_cast<__mmask32>((1u << (k - i)) - 1u);
+    __m512 even[kW];
+    __m512 odd[kW];
+#pragma GCC unroll 8
+    for (int j = 0; j < kW; ++j) {
+      // Past the last tile this prefetches beyond w, which cannot fault.
+      _mm_prefetch(reinterpret_cast<const char*>(w_rows[j] + kW * k + i), _MM_HINT_T0);
+      const __m512i pairs = _mm512_maskz_loadu_epi16(mask, w_rows[j] + i);
+      even[j] = _mm512_castsi512_ps(_mm512_slli_epi32(pairs, 16));
+      odd[j] = _mm512_castsi512_ps(_mm512_and_si512(pairs, high_half));
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < kM; ++r) {
+      const __m512 x_even = _mm512_load_ps(x + r * padded_k + i);
+      const __m512 x_odd = _mm512_load_ps(x + r * padded_k + i + 16);
+#pragma GCC unroll 8
+      for (int j = 0; j < kW; ++j) {
+        sums[r][j] = _mm512_fmadd_ps(x_even, even[j], sums[r][j]);
+        sums[r][j] = _mm512_fmadd_ps(x_odd, odd[j], sums[r][j]);
+      }
+    }
+  }
+  // Indexing sums by the runtime `rows` would make GCC keep them in memory, so every loop over
+  // them is unrolled and the stores read a plain array.
+  float totals[kM][kW];
+#pragma GCC unroll 8
   for (int r = 0; r < kM; ++r) {
-    for (int64_t j = 0; j < rows; ++j) y[r * n + col + j] = _mm512_reduce_add_ps(sums[r][j]);
+#pragma GCC unroll 8
+    for (int j = 0; j < kW; ++j) totals[r][j] = _mm512_reduce_add_ps(sums[r][j]);
+  }
+  for (int r = 0; r < kM; ++r) {
+    for (int64_t j = 0; j < rows; ++j) y[r * n + col + j] = totals[r][j];
+  }
+}
+
+// Runs `count` rows of x against one tile of w. SmallMAvx512 picks kW so that count * kW <= 16.
+template <int kW>
+W8A8_AVX512 void SmallMPass(const float* x, int64_t padded_k, const uint16_t* w, int64_t k,
+                            float* y, int64_t n, int64_t col, int64_t rows, int64_t count) {
+  switch (count) {
+    case 1:
+      return SmallMTile<1, kW>(x, padded_k, w, k, y, n, col, rows);
+    case 2:
+      return SmallMTile<2, kW>(x, padded_k, w, k, y, n, col, rows);
+  }
+  if constexpr (kW <= 4) {
+    switch (count) {
+      case 3:
+        return SmallMTile<3, kW>(x, padded_k, w, k, y, n, col, rows);
+      case 4:
+        return SmallMTile<4, kW>(x, padded_k, w, k, y, n, col, rows);
+    }
+  }
+  if constexpr (kW <= 2) {
+    switch (count) {
+      case 5:
+        return SmallMTile<5, kW>(x, padded_k, w, k, y, n, col, rows);
+      case 6:
+        return SmallMTile<6, kW>(x, padded_k, w, k, y, n, col, rows);
+      case 7:
+        return SmallMTile<7, kW>(x, padded_k, w, k, y, n, col, rows);
+      case 8:
+        return SmallMTile<8, kW>(x, padded_k, w, k, y, n, col, rows);
+    }
+  }
+}
+
+// Splits the tiles of kW rows of w among threads. Each tile runs every row of x, kRowsPerPass
+// at a time.
+template <int kW>
+W8A8_AVX512 void SmallMColumns(const float* x, int64_t padded_k, const uint16_t* w, float* y,
+                               int64_t m, int64_t n, int64_t k) {
+  const int64_t tiles = (n + kW - 1) / kW;
+#pragma omp parallel for schedule(static)
+  for (int64_t tile = 0; tile < tiles; ++tile) {
+    const int64_t col = tile * kW;
+    const int64_t rows = std::min<int64_t>(kW, n - col);
+    for (int64_t first = 0; first < m; first += kRowsPerPass) {
+      SmallMPass<kW>(x + first * padded_k, padded_k, w, k, y + first * n, n, col, rows,
+                     std::min(kRowsPerPass, m - first));
+    }
   }
 }
 
 W8A8_AVX512 void SmallMAvx512(const float* x, const uint16_t* w, float* y, int64_t m, int64_t n,
                               int64_t k) {
-  const int64_t tiles = (n + kWeightRows - 1) / kWeightRows;
-#pragma omp parallel for schedule(static)
-  for (int64_t tile = 0; tile < tiles; ++tile) {
-    const int64_t col = tile * kWeightRows;
-    const int64_t rows = std::min(kWeightRows, n - col);
-    for (int64_t first = 0; first < m; first += kRowsPerPass) {
-      const float* x_rows = x + first * k;
-      float* y_rows = y + first * n;
-      switch (std::min(kRowsPerPass, m - first)) {
-        case 1:
-          SmallMTile<1>(x_rows, w, y_rows, n, k, col, rows);
-          break;
-        case 2:
-          SmallMTile<2>(x_rows, w, y_rows, n, k, col, rows);
-          break;
-        case 3:
-          SmallMTile<3>(x_rows, w, y_rows, n, k, col, rows);
-          break;
-        default:
-          SmallMTile<4>(x_rows, w, y_rows, n, k, col, rows);
-          break;
-      }
-    }
+  const int64_t padded_k = (k + kStepInputs - 1) / kStepInputs * kStepInputs;
+  // 64-byte aligned, so that no load of x straddles two cache lines. The buffer is
+  // thread_local, so the workers get the caller's through a plain pointer.
+  thread_local std::vector<float> interleaved;
+  constexpr int64_t kLineFloats = 16;
+  interleaved.resize(static_cast<size_t>(m * padded_k + kLineFloats));
+  const uintptr_t address = reinterpret_cast<uintptr_t>(interleaved.data());
+  float* xi = interleaved.data() + (kLineFloats - address / sizeof(float) % kLineFloats) %
+                                       kLineFloats;
+  InterleaveInputs(x, m, k, padded_k, xi);
+  // At most 16 accumulators per tile, and as many rows of w as that allows: more rows are
+  // more weight streams per thread.
+  const int64_t pass_rows = std::min(m, kRowsPerPass);
+  if (pass_rows <= 2) {
+    SmallMColumns<8>(xi, padded_k, w, y, m, n, k);
+  } else if (pass_rows <= 4) {
+    SmallMColumns<4>(xi, padded_k, w, y, m, n, k);
+  } else {
+    SmallMColumns<2>(xi, padded_k, w, y, m, n, k);
   }
 }
 
