@@ -48,10 +48,9 @@ class ScalarInt8Matmul final : public Int8Matmul {
   int64_t group_size_;
 };
 
-// Batched decode (m > 1) of per-channel weights on AVX-512 takes the packed loop for up to this
-// many rows, when the weights have at least this many bytes (see PerChannelAvx512Matmul).
+// Per-channel weights on AVX-512 take the packed loop for up to this many rows (see
+// PerChannelAvx512Matmul).
 constexpr int64_t kPackedBatchMaxRows = 4;
-constexpr int64_t kPackedBatchMinWeightBytes = int64_t{4} << 20;
 
 // The AVX2 and AVX-512 VNNI paths over weights in the packed layout of int8_packed.h.
 class PackedInt8Matmul final : public Int8Matmul {
@@ -116,16 +115,17 @@ class PackedInt8Matmul final : public Int8Matmul {
 };
 
 // Per-channel weights on AVX-512: the one place that picks oneDNN's int8 matmul (AMX tiles
-// where the CPU has them) or the packed VNNI loop, by m and the weight size. The packed loop
-// streams the weights once for up to 6 rows, so it wins where the product is bound by reading
-// the weights. Measured with bench/kernel_bench.cc on a 2-core Xeon with AMX (2 MiB L2 per
-// core), oneDNN 2.6, CPU time:
-//   m = 1: the packed loop was 1.3x (weights in cache) to 1.6x (from DRAM) faster on
-//   2048 x 2048, one thread.
-//   m = 2 and 4: the packed loop is 1.2 to 1.4x faster for 4 MiB of weights or more, and
-//   oneDNN is 1.1 to 1.2x faster for 1 MiB (512 x 2048).
-//   m = 8: oneDNN gave 135 and the packed loop 110 tokens/s of 8-sequence decode on the
-//   Llama-3.2-1B shape (bench --suite model, weights from DRAM).
+// where the CPU has them) or the packed VNNI loop, by m. The packed loop streams the weights
+// once for up to 6 rows, so it wins where the product is bound by reading the weights.
+// Measured with bench/kernel_bench.cc on a 2-core Xeon with AMX (2 MiB L2 per core),
+// oneDNN 2.6, weights from DRAM unless stated:
+//   m = 1: the packed loop was 1.3x (weights in cache) to 1.6x faster on 2048 x 2048, one
+//   thread.
+//   m = 2 and 4: the packed loop is 1.0 to 1.05x faster on the 4 and 16 MiB shapes of
+//   Llama-3.2-1B and 1.35 to 1.5x on 512 x 2048 (1 MiB). With those 1 MiB in cache, oneDNN
+//   is 1.1x faster at m = 4.
+//   m = 8: from 0.94 to 1.18x either way by shape, and 8-sequence decode of Llama-3.2-1B
+//   within 2% either way (bench --suite model), so oneDNN keeps it.
 //   m >= 16: oneDNN is 1.7 to 3.1x faster.
 // Where oneDNN has only its reference implementation for m, the packed loop runs instead.
 // On CPUs with AMX and k a multiple of 64, oneDNN reads the packed weights in place (see
@@ -137,8 +137,7 @@ class PerChannelAvx512Matmul final : public Int8Matmul {
       : packed_(std::move(packed)), onednn_(std::move(onednn)) {}
 
   void Run(const int8_t* xq, const float* x_scales, int64_t m, float* y) const override {
-    const bool large = packed_->n() * packed_->k() >= kPackedBatchMinWeightBytes;
-    if (m == 1 || (m <= kPackedBatchMaxRows && large) || !onednn_->Accelerated(m)) {
+    if (m <= kPackedBatchMaxRows || !onednn_->Accelerated(m)) {
       packed_->Run(xq, x_scales, m, y);
     } else {
       onednn_->Run(xq, x_scales, m, y);
