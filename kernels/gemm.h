@@ -40,8 +40,10 @@ void QuantizePerTensor(Isa isa, const float* x, int64_t m, int64_t k, int8_t* q,
 // value -128..127 is valid in both operands.
 // Paths: kScalar runs the reference. kAvx2 and kAvx512Vnni repack the weights into blocks of
 // 16 rows for a u8 x s8 dot-product loop (activations + 128, minus 128 * the weight sums).
-// Per-channel weights on kAvx512Vnni go through oneDNN's int8 matmul for m > 1 and keep a
-// packed copy for m = 1, where the packed loop is faster (see memory_bytes()).
+// Per-channel weights on kAvx512Vnni run that loop for m <= 4 and oneDNN's int8 matmul for
+// larger m, unless oneDNN has only its reference implementation for that m. On CPUs with AMX
+// oneDNN reads the packed weights in place, elsewhere it keeps its own copy (see
+// memory_bytes()).
 class Int8Matmul {
  public:
   virtual ~Int8Matmul() = default;
