@@ -10,6 +10,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "kernels/softmax.h"
 
 namespace w8a8 {
 namespace {
@@ -171,12 +172,22 @@ int32_t Sampler::Sample(std::span<float> logits, std::span<const int32_t> histor
     }
   }
 
-  // Softmax of logit / temperature over the candidates, in double.
+  // Softmax of logit / temperature over the candidates, summed in double. When every token is
+  // a candidate, in id order, the exponentials come from the vectorized kernel in float
+  // instead of one FP64 exp call per vocabulary entry.
   std::vector<double> probs(candidates.size());
   double total = 0.0;
-  for (size_t i = 0; i < candidates.size(); ++i) {
-    probs[i] = relative(candidates[i]);
-    total += probs[i];
+  if (candidates.size() == logits.size() && !truncate) {
+    thread_local std::vector<float> exponentials;
+    exponentials.resize(logits.size());
+    total = kernels::ExpSum(logits.data(), static_cast<int64_t>(logits.size()), max_logit,
+                            static_cast<float>(1.0 / params_.temperature), exponentials.data());
+    std::copy(exponentials.begin(), exponentials.end(), probs.begin());
+  } else {
+    for (size_t i = 0; i < candidates.size(); ++i) {
+      probs[i] = relative(candidates[i]);
+      total += probs[i];
+    }
   }
   if (full_total.has_value()) total = *full_total;
 
