@@ -10,7 +10,6 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "kernels/softmax.h"
 
 namespace w8a8 {
 namespace {
@@ -172,22 +171,12 @@ int32_t Sampler::Sample(std::span<float> logits, std::span<const int32_t> histor
     }
   }
 
-  // Softmax of logit / temperature over the candidates, summed in double. When every token is
-  // a candidate, in id order, the exponentials come from the vectorized kernel in float
-  // instead of one FP64 exp call per vocabulary entry.
+  // Softmax of logit / temperature over the candidates, in double.
   std::vector<double> probs(candidates.size());
   double total = 0.0;
-  if (candidates.size() == logits.size() && !truncate) {
-    thread_local std::vector<float> exponentials;
-    exponentials.resize(logits.size());
-    total = kernels::ExpSum(logits.data(), static_cast<int64_t>(logits.size()), max_logit,
-                            static_cast<float>(1.0 / params_.temperature), exponentials.data());
-    std::copy(exponentials.begin(), exponentials.end(), probs.begin());
-  } else {
-    for (size_t i = 0; i < candidates.size(); ++i) {
-      probs[i] = relative(candidates[i]);
-      total += probs[i];
-    }
+  for (size_t i = 0; i < candidates.size(); ++i) {
+    probs[i] = relative(candidates[i]);
+    total += probs[i];
   }
   if (full_total.has_value()) total = *full_total;
 
