@@ -18,6 +18,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -123,11 +124,13 @@ void BenchF32(benchmark::State& state, LinearShape shape, int64_t m, bool cold) 
 void BenchBf16LmHead(benchmark::State& state, int64_t m) {
   constexpr int64_t n = 128256, k = 2048;
   WeightVector<uint16_t> weights(n * k);
-  const std::vector<float> values = RandomFloats(n * k, 5);
-  for (int64_t i = 0; i < n * k; ++i) {
+  std::mt19937 engine(5);
+  std::normal_distribution<float> normal(0.0f, 0.02f);
+  for (uint16_t& weight : weights) {
+    const float value = normal(engine);
     uint32_t bits;
-    std::memcpy(&bits, &values[i], sizeof(bits));
-    weights[i] = static_cast<uint16_t>(bits >> 16);
+    std::memcpy(&bits, &value, sizeof(bits));
+    weight = static_cast<uint16_t>(bits >> 16);
   }
   const std::vector<float> x = RandomFloats(m * k, 99);
   std::vector<float> y(m * n);
@@ -296,8 +299,8 @@ void RegisterAll() {
         RegisterInt8("Int8Group128", shape, 1, 128, cold, threads);
       }
     }
-    // Batched decode, warm and from DRAM: oneDNN against the packed loop (per-channel
-    // numerics with group_size k).
+    // Batched decode, warm and from DRAM: the per-channel dispatch (the packed loop up to
+    // m = 4, oneDNN above) against the packed loop (per-channel numerics with group_size k).
     for (int64_t m : {2, 4, 8, 16}) {
       for (bool cold : {false, true}) {
         RegisterInt8("Int8PerChannel", shape, m, 0, cold, 0);
@@ -327,7 +330,7 @@ void RegisterAll() {
       }
     }
   }
-  for (int64_t m : {1, 4, 8, 16}) {
+  for (int64_t m : {1, 2, 4, 8, 16}) {
     benchmark::RegisterBenchmark(("Bf16LmHead/m=" + std::to_string(m)).c_str(), BenchBf16LmHead,
                                  m)
         ->Unit(benchmark::kMillisecond)

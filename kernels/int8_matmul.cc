@@ -118,14 +118,14 @@ class PackedInt8Matmul final : public Int8Matmul {
 // where the CPU has them) or the packed VNNI loop, by m. The packed loop streams the weights
 // once for up to 6 rows, so it wins where the product is bound by reading the weights.
 // Measured with bench/kernel_bench.cc on a 2-core Xeon with AMX (2 MiB L2 per core),
-// oneDNN 2.6, weights from DRAM unless stated:
-//   m = 1: the packed loop was 1.3x (weights in cache) to 1.6x faster on 2048 x 2048, one
-//   thread.
-//   m = 2 and 4: the packed loop is 1.0 to 1.05x faster on the 4 and 16 MiB shapes of
-//   Llama-3.2-1B and 1.35 to 1.5x on 512 x 2048 (1 MiB). With those 1 MiB in cache, oneDNN
-//   is 1.1x faster at m = 4.
-//   m = 8: from 0.94 to 1.18x either way by shape, and 8-sequence decode of Llama-3.2-1B
-//   within 2% either way (bench --suite model), so oneDNN keeps it.
+// oneDNN 2.6:
+//   m = 1: the packed loop was 1.3x (weights in cache) to 1.6x (from DRAM) faster on
+//   2048 x 2048, one thread.
+//   m = 2 and 4: the packed loop was 1.2 to 1.4x faster for 4 MiB of weights or more (CPU
+//   time, weights in cache). On 512 x 2048 (1 MiB) it is 1.34 to 1.48x faster from DRAM,
+//   while oneDNN is 1.1x faster at m = 4 with those weights in cache.
+//   m = 8, weights from DRAM: 0.93 to 1.18x either way by shape, and 8-sequence decode of
+//   Llama-3.2-1B within 2% either way (bench --suite model), so oneDNN keeps it.
 //   m >= 16: oneDNN is 1.7 to 3.1x faster.
 // Where oneDNN has only its reference implementation for m, the packed loop runs instead.
 // On CPUs with AMX and k a multiple of 64, oneDNN reads the packed weights in place (see

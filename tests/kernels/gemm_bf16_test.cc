@@ -50,10 +50,12 @@ TEST(GemmBf16Test, EveryIsaMatchesDoublePrecision) {
   // m <= 16 runs in registers, up to 8 rows of x per pass over tiles of 8, 4 or 2 rows of w.
   // Larger m converts blocks of 1024 rows, and n = 1030 crosses a block. k covers part of a
   // 32-input step, one step and several, and n ends inside a tile.
-  const Shape shapes[] = {{1, 1, 1},    {1, 37, 17},  {2, 9, 64},   {3, 5, 33},
-                          {4, 130, 70}, {5, 7, 16},   {7, 5, 31},   {8, 11, 100},
-                          {9, 10, 40},  {12, 3, 65},  {16, 6, 20},  {17, 1030, 40},
-                          {1, 1030, 129}};
+  std::vector<Shape> shapes = {{1, 1, 1},    {1, 37, 17}, {2, 9, 64},     {3, 5, 33},
+                               {4, 130, 70}, {5, 7, 16},  {7, 5, 31},     {8, 11, 100},
+                               {9, 10, 40},  {12, 3, 65}, {16, 6, 20},    {17, 1030, 40},
+                               {1, 1030, 129}, {3, 5, 0}};
+  // Every m up to 16, so every pass size runs with the tile width that its m selects.
+  for (int64_t m = 1; m <= 16; ++m) shapes.push_back({m, 19, 45});
   std::mt19937 engine(3);
   std::normal_distribution<float> normal(0.0f, 1.0f);
   for (Isa isa : SupportedIsas()) {
