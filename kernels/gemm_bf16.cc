@@ -21,8 +21,8 @@
 namespace w8a8::kernels {
 namespace {
 
-// Up to kMaxSmallM rows of x, each tile of rows of w is read from memory once and used for
-// every row of x, at most kRowsPerPass rows at a time, the later passes from L1.
+// For up to kMaxSmallM rows of x, each tile of rows of w is read from memory once and used for
+// every row of x, at most kRowsPerPass rows at a time. Passes after the first read it from L1.
 constexpr int64_t kMaxSmallM = 16;
 constexpr int64_t kRowsPerPass = 8;
 // Inputs of one step: 32 BF16 weights, one 64-byte load per row of w.
@@ -72,11 +72,11 @@ void InterleaveInputs(const float* x, int64_t m, int64_t k, int64_t padded_k, fl
   }
 }
 
-// kW rows of w from row `col` on (`rows` of them, fewer at the end) against kM rows of x,
-// interleaved by InterleaveInputs. Every (row of x, row of w) pair has its own accumulator.
-// Each step prefetches the same inputs kW rows further on, which the next tile of the thread
-// reads. A row of w is only a few KiB, and this prefetch measured 1.1 to 1.15x faster at
-// m = 8 on the 128256 x 2048 matrix (bench/kernel_bench.cc, Bf16LmHead).
+// Computes y for kW rows of w from row `col` on (`rows` of them, fewer at the end) against kM
+// rows of x, interleaved by InterleaveInputs. Every (row of x, row of w) pair has its own
+// accumulator. Each step prefetches the same inputs kW rows further on, which the next tile
+// of the thread reads. A row of w is only a few KiB, and this prefetch measured 1.1 to 1.15x
+// faster at m = 8 on the 128256 x 2048 matrix (bench/kernel_bench.cc, Bf16LmHead).
 template <int kM, int kW>
 W8A8_AVX512 void SmallMTile(const float* x, int64_t padded_k, const uint16_t* w, int64_t k,
                             float* y, int64_t n, int64_t col, int64_t rows) {
@@ -132,38 +132,18 @@ W8A8_AVX512 void SmallMTile(const float* x, int64_t padded_k, const uint16_t* w,
   }
 }
 
-// Runs `count` rows of x against one tile of w. SmallMAvx512 picks kW so that count * kW <= 16.
-template <int kW>
+// Runs `count` rows of x against one tile of w on the tile of exactly that many rows, trying
+// kM = 1, 2, ... in turn. SmallMAvx512 picks kW so that count * kW <= 16.
+template <int kW, int kM = 1>
 W8A8_AVX512 void SmallMPass(const float* x, int64_t padded_k, const uint16_t* w, int64_t k,
                             float* y, int64_t n, int64_t col, int64_t rows, int64_t count) {
-  switch (count) {
-    case 1:
-      return SmallMTile<1, kW>(x, padded_k, w, k, y, n, col, rows);
-    case 2:
-      return SmallMTile<2, kW>(x, padded_k, w, k, y, n, col, rows);
+  if constexpr (kM * kW <= 16 && kM <= kRowsPerPass) {
+    if (count == kM) return SmallMTile<kM, kW>(x, padded_k, w, k, y, n, col, rows);
+    return SmallMPass<kW, kM + 1>(x, padded_k, w, k, y, n, col, rows, count);
+  } else {
+    // Unreachable: no count that SmallMAvx512 passes gets this far.
+    std::abort();
   }
-  if constexpr (kW <= 4) {
-    switch (count) {
-      case 3:
-        return SmallMTile<3, kW>(x, padded_k, w, k, y, n, col, rows);
-      case 4:
-        return SmallMTile<4, kW>(x, padded_k, w, k, y, n, col, rows);
-    }
-  }
-  if constexpr (kW <= 2) {
-    switch (count) {
-      case 5:
-        return SmallMTile<5, kW>(x, padded_k, w, k, y, n, col, rows);
-      case 6:
-        return SmallMTile<6, kW>(x, padded_k, w, k, y, n, col, rows);
-      case 7:
-        return SmallMTile<7, kW>(x, padded_k, w, k, y, n, col, rows);
-      case 8:
-        return SmallMTile<8, kW>(x, padded_k, w, k, y, n, col, rows);
-    }
-  }
-  // Unreachable: SmallMAvx512 picks kW so that every count it passes has a tile.
-  std::abort();
 }
 
 // Splits the tiles of kW rows of w among threads. Each tile runs every row of x, kRowsPerPass
