@@ -41,9 +41,9 @@ void QuantizePerTensor(Isa isa, const float* x, int64_t m, int64_t k, int8_t* q,
 // Paths: kScalar runs the reference. kAvx2 and kAvx512Vnni repack the weights into blocks of
 // 16 rows for a u8 x s8 dot-product loop (activations + 128, minus 128 * the weight sums).
 // Per-channel weights on kAvx512Vnni run that loop for m <= 4 and oneDNN's int8 matmul for
-// larger m, unless oneDNN has only its reference implementation for that m. On CPUs with AMX
-// and k a multiple of 64, oneDNN reads the packed weights in place. Elsewhere it keeps its own
-// copy (see memory_bytes()).
+// larger m, unless oneDNN has only its reference implementation for that m. With k a multiple
+// of 64 (every Llama shape), oneDNN reads the packed weights in place, so they are stored once;
+// with another k it keeps its own copy (see memory_bytes()).
 class Int8Matmul {
  public:
   virtual ~Int8Matmul() = default;

@@ -128,8 +128,8 @@ class PackedInt8Matmul final : public Int8Matmul {
 //   Llama-3.2-1B within 2% either way (bench --suite model), so oneDNN keeps it.
 //   m >= 16: oneDNN is 1.7 to 3.1x faster.
 // Where oneDNN has only its reference implementation for m, the packed loop runs instead.
-// On CPUs with AMX and k a multiple of 64, oneDNN reads the packed weights in place (see
-// int8_packed.h), so the weights are stored once. Elsewhere oneDNN keeps its own copy.
+// With k a multiple of 64, oneDNN reads the packed weights in place (see int8_packed.h), with
+// or without AMX, so the weights are stored once. With another k oneDNN keeps its own copy.
 class PerChannelAvx512Matmul final : public Int8Matmul {
  public:
   PerChannelAvx512Matmul(std::unique_ptr<PackedInt8Matmul> packed,

@@ -31,7 +31,8 @@ inline constexpr int64_t kQuadStepBytes = kBlockQuad * kPackRows * kPackDepth;
 //
 // With one scale per row and k a multiple of 64, this is oneDNN's blocked layout BA16a64b4a of
 // the [k, n] matrix (blocks of 64 columns, each a contiguous run of 64 x 4 byte steps). The
-// weights are cache-line aligned (AllocateWeightBytes), so oneDNN can read them in place.
+// weights are cache-line aligned (AllocateWeightBytes), so oneDNN's u8 x s8 matmul reads them
+// in place (see onednn_int8_matmul.h).
 struct PackedInt8Weights {
   int64_t n = 0;
   int64_t k = 0;

@@ -2,6 +2,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <string_view>
 #include <utility>
@@ -29,6 +30,18 @@ class OneDnnInt8MatmulImpl final : public OneDnnInt8Matmul {
  public:
   OneDnnInt8MatmulImpl(int64_t n, int64_t k, std::vector<float> scales)
       : n_(n), k_(k), scales_(std::move(scales)) {}
+
+  // -128 times the sum of each row of `weights` [n, k]: the activations enter oneDNN as
+  // unsigned bytes x + 128, and adding this term to each column's int32 sum removes the 128.
+  void ComputeCompensation(std::span<const int8_t> weights) {
+    compensation_.resize(static_cast<size_t>(n_));
+    for (int64_t col = 0; col < n_; ++col) {
+      const int8_t* row = weights.data() + col * k_;
+      int32_t sum = 0;
+      for (int64_t i = 0; i < k_; ++i) sum += row[i];
+      compensation_[static_cast<size_t>(col)] = -128 * sum;
+    }
+  }
 
   // Picks the weight layout for kLayoutRows rows and either adopts `shared_layout` or
   // reorders `weights` [n, k] into a buffer of its own. Throws dnnl::error.
@@ -70,8 +83,20 @@ class OneDnnInt8MatmulImpl final : public OneDnnInt8Matmul {
     const memory::desc scratchpad_desc = description.scratchpad_desc();
     scratchpad_buffer.resize(scratchpad_desc.get_size());
 
+    // x + 128 as unsigned bytes: flipping the sign bit adds 128 to an int8 value.
+    const int64_t k = k_;
+    thread_local std::vector<uint8_t> shifted;
+    shifted.resize(static_cast<size_t>(m * k));
+    uint8_t* shifted_data = shifted.data();
+#pragma omp simd
+    for (int64_t i = 0; i < m * k; ++i) {
+      shifted_data[i] = static_cast<uint8_t>(static_cast<uint8_t>(xq[i]) ^ 0x80u);
+    }
+
+    // oneDNN writes the int32 sums into y's bytes; the pass below turns them into FP32 in
+    // place.
     const dnnl::engine& engine = CpuEngine();
-    memory source(description.src_desc(), engine, const_cast<int8_t*>(xq));
+    memory source(description.src_desc(), engine, shifted_data);
     memory destination(description.dst_desc(), engine, y);
     memory weights = weights_;
     memory scratchpad(scratchpad_desc, engine, scratchpad_buffer.data());
@@ -86,13 +111,21 @@ class OneDnnInt8MatmulImpl final : public OneDnnInt8Matmul {
       Fail("execute", m, error);
     }
 
+    // The same arithmetic as the packed loop and the reference: the exact int32 sum, times
+    // the weight scale, times the activation scale, each product rounded to FP32.
     const int64_t n = n_;
+    const int32_t* compensation = compensation_.data();
+    const float* scales = scales_.data();
 #pragma omp parallel for schedule(static) if (m * n >= (int64_t{1} << 16))
     for (int64_t row = 0; row < m; ++row) {
-      const float scale = x_scales[row];
+      const float x_scale = x_scales[row];
       float* y_row = y + row * n;
 #pragma omp simd
-      for (int64_t col = 0; col < n; ++col) y_row[col] *= scale;
+      for (int64_t col = 0; col < n; ++col) {
+        int32_t sum;
+        std::memcpy(&sum, y_row + col, sizeof(sum));
+        y_row[col] = static_cast<float>(sum + compensation[col]) * scales[col] * x_scale;
+      }
     }
   }
 
@@ -101,7 +134,8 @@ class OneDnnInt8MatmulImpl final : public OneDnnInt8Matmul {
   int64_t group_size() const override { return 0; }
   Isa isa() const override { return Isa::kAvx512Vnni; }
   size_t memory_bytes() const override {
-    return (shares_weights_ ? 0 : weights_desc_.get_size()) + scales_.size() * sizeof(float);
+    return (shares_weights_ ? 0 : weights_desc_.get_size()) + scales_.size() * sizeof(float) +
+           compensation_.size() * sizeof(int32_t);
   }
 
  private:
@@ -110,10 +144,9 @@ class OneDnnInt8MatmulImpl final : public OneDnnInt8Matmul {
   }
 
   dnnl::matmul::primitive_desc Describe(int64_t m, const memory::desc& weights) const {
-    const memory::desc source({m, k_}, memory::data_type::s8, memory::format_tag::ab);
-    const memory::desc destination({m, n_}, memory::data_type::f32, memory::format_tag::ab);
+    const memory::desc source({m, k_}, memory::data_type::u8, memory::format_tag::ab);
+    const memory::desc destination({m, n_}, memory::data_type::s32, memory::format_tag::ab);
     dnnl::primitive_attr attributes;
-    attributes.set_output_scales(1 << 1, scales_);
     attributes.set_scratchpad_mode(dnnl::scratchpad_mode::user);
     return dnnl::matmul::primitive_desc(dnnl::matmul::desc(source, weights, destination),
                                         attributes, CpuEngine());
@@ -148,6 +181,7 @@ class OneDnnInt8MatmulImpl final : public OneDnnInt8Matmul {
   int64_t n_;
   int64_t k_;
   std::vector<float> scales_;
+  std::vector<int32_t> compensation_;  // [n]
   memory::desc weights_desc_;
   bool shares_weights_ = false;
   memory weights_;
@@ -163,6 +197,7 @@ absl::StatusOr<std::unique_ptr<OneDnnInt8Matmul>> CreateOneDnnInt8Matmul(
     std::span<const int8_t> shared_layout) {
   auto matmul = std::make_unique<OneDnnInt8MatmulImpl>(
       n, k, std::vector<float>(scales.begin(), scales.end()));
+  matmul->ComputeCompensation(weights);
   try {
     matmul->PrepareWeights(weights, shared_layout);
   } catch (const dnnl::error& error) {

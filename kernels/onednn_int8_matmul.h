@@ -12,16 +12,17 @@
 
 namespace w8a8::kernels::internal {
 
-// oneDNN 2.6 multiplies s8 activations by s8 weights into an int32 accumulator and applies the
-// per-column weight scales as output scales, writing FP32. A binary multiply post-op with the
-// per-row activation scales makes oneDNN 2.6 fall back to its reference implementation, so
-// those scales are applied in a separate pass over y. Primitives are created on first use for
-// each m and cached (thread-safe).
+// oneDNN 2.6 multiplies the activations, shifted to unsigned bytes x + 128, by s8 weights into
+// int32 sums. Unsigned activations are what vpdpbusd and AMX take natively, so oneDNN needs no
+// compensation buffer of its own beside the weights; a pass over y then adds -128 times each
+// weight row's sum and applies the weight and activation scales, with the same FP32 rounding
+// as the packed loop and the reference. Primitives are created on first use for each m and
+// cached (thread-safe).
 class OneDnnInt8Matmul : public Int8Matmul {
  public:
   // Returns false when oneDNN has only its reference implementation for m rows of these
-  // weights. With AMX, oneDNN 2.6 did so for up to 5 rows on the narrow matrices tried (50 to
-  // 100 columns). Creates and caches the primitive for m.
+  // weights. With AMX and s8 activations, oneDNN 2.6 did so for up to 5 rows on the narrow
+  // matrices tried (50 to 100 columns). Creates and caches the primitive for m.
   virtual bool Accelerated(int64_t m) const = 0;
   // Returns true when the matmul reads the buffer passed as `shared_layout` to
   // CreateOneDnnInt8Matmul instead of a copy of its own.

@@ -8,6 +8,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu_features.h"
 #include "kernels/gemm.h"
@@ -213,15 +214,16 @@ TEST(Int8Matmul, PerChannelSharedLayoutIsExact) {
   }
 }
 
-bool OneDnnUsesAmx() {
-  return dnnl::get_effective_cpu_isa() >= dnnl::cpu_isa::avx512_core_amx;
+// oneDNN's int8 matmul takes the packed layout where its kernels use vpdpbusd or AMX.
+bool OneDnnHasInt8DotProducts() {
+  return dnnl::get_effective_cpu_isa() >= dnnl::cpu_isa::avx512_core_vnni;
 }
 
-// On AMX, oneDNN's layout for per-channel weights with k a multiple of 64 is the packed one,
-// so the weights are kept once. With another k, each side keeps its own copy.
-TEST(Int8Matmul, AmxKeepsPerChannelWeightsOnce) {
-  if (!CpuSupports(Isa::kAvx512Vnni) || !OneDnnUsesAmx()) {
-    GTEST_SKIP() << "oneDNN picks the packed layout only with AMX";
+// oneDNN's layout for per-channel weights with k a multiple of 64 is the packed one, with or
+// without AMX, so the weights are kept once. With another k, each side keeps its own copy.
+TEST(Int8Matmul, KeepsPerChannelWeightsOnce) {
+  if (!CpuSupports(Isa::kAvx512Vnni) || !OneDnnHasInt8DotProducts()) {
+    GTEST_SKIP() << "the packed layout is shared only on CPUs with AVX-512 VNNI";
   }
   for (int64_t k : {256, 300}) {
     const int64_t n = 192;
@@ -241,8 +243,8 @@ TEST(Int8Matmul, AmxKeepsPerChannelWeightsOnce) {
 
 // The oneDNN matmul adopts a buffer only when it contains exactly the bytes of its layout.
 TEST(Int8Matmul, OneDnnAdoptsOnlyAMatchingBuffer) {
-  if (!CpuSupports(Isa::kAvx512Vnni) || !OneDnnUsesAmx()) {
-    GTEST_SKIP() << "oneDNN picks the packed layout only with AMX";
+  if (!CpuSupports(Isa::kAvx512Vnni) || !OneDnnHasInt8DotProducts()) {
+    GTEST_SKIP() << "the packed layout is shared only on CPUs with AVX-512 VNNI";
   }
   const int64_t m = 20, n = 128, k = 128;
   const std::vector<int8_t> weights = RandomInt8(n * k, -127, 127, 41);
@@ -291,31 +293,55 @@ TEST(Int8Matmul, ThreadSplitsAreExact) {
 
 TEST(Int8Matmul, ExtremeValuesAreExact) {
   // Weights at +-127 and activations over the whole int8 range, including -128, for the
-  // largest sums: 128 * 127 * 1000 < 2^24, so unit scales keep them exact in FP32.
-  const int64_t m = 3, n = 33, k = 1000;
-  for (int64_t group_size : {0, 128}) {
-    const int64_t groups = GroupCount(k, group_size);
-    std::vector<int8_t> weights(n * k);
-    for (int64_t i = 0; i < n * k; ++i) weights[i] = (i / k) % 2 == 0 ? 127 : -127;
-    std::vector<int8_t> xq(m * k);
-    for (int64_t i = 0; i < k; ++i) {
-      xq[i] = 127;
-      xq[k + i] = -128;
-      xq[2 * k + i] = static_cast<int8_t>(i % 2 == 0 ? 127 : -128);
-    }
-    const std::vector<float> scales(n * groups, 1.0f);
-    const std::vector<float> x_scales(m, 1.0f);
-    for (Isa isa : SupportedIsas()) {
-      const std::string context = Describe(isa, m, n, k, group_size);
-      std::unique_ptr<Int8Matmul> matmul = CreateOrDie(weights, n, k, scales, group_size, isa);
-      ASSERT_NE(matmul, nullptr) << context;
-      std::vector<float> y(m * n);
-      matmul->Run(xq.data(), x_scales.data(), m, y.data());
-      EXPECT_EQ(y[0], 127.0f * 127.0f * 1000.0f) << context;
-      EXPECT_EQ(y[1], -127.0f * 127.0f * 1000.0f) << context;
-      EXPECT_EQ(y[n], -128.0f * 127.0f * 1000.0f) << context;
-      EXPECT_EQ(y[n + 1], 128.0f * 127.0f * 1000.0f) << context;
-      EXPECT_EQ(y[2 * n], -127.0f * 500.0f) << context;
+  // largest sums: 128 * 127 * 1024 < 2^24, so unit scales keep them exact in FP32. Three row
+  // patterns repeat down m; 24 rows take oneDNN's path for per-channel weights, and k = 1024
+  // lets it read the packed layout.
+  const int64_t n = 33;
+  for (int64_t k : {1000, 1024}) {
+    for (int64_t m : {3, 24}) {
+      for (int64_t group_size : {0, 128}) {
+        const int64_t groups = GroupCount(k, group_size);
+        std::vector<int8_t> weights(n * k);
+        for (int64_t i = 0; i < n * k; ++i) weights[i] = (i / k) % 2 == 0 ? 127 : -127;
+        std::vector<int8_t> xq(m * k);
+        for (int64_t row = 0; row < m; ++row) {
+          for (int64_t i = 0; i < k; ++i) {
+            const int64_t pattern = row % 3;
+            xq[row * k + i] = pattern == 0   ? int8_t{127}
+                              : pattern == 1 ? int8_t{-128}
+                                             : static_cast<int8_t>(i % 2 == 0 ? 127 : -128);
+          }
+        }
+        const std::vector<float> scales(n * groups, 1.0f);
+        const std::vector<float> x_scales(m, 1.0f);
+        const float kf = static_cast<float>(k);
+        for (Isa isa : SupportedIsas()) {
+          const std::string context = Describe(isa, m, n, k, group_size);
+          std::unique_ptr<Int8Matmul> matmul =
+              CreateOrDie(weights, n, k, scales, group_size, isa);
+          ASSERT_NE(matmul, nullptr) << context;
+          std::vector<float> y(m * n);
+          matmul->Run(xq.data(), x_scales.data(), m, y.data());
+          for (int64_t row = 0; row < m; ++row) {
+            const float* y_row = y.data() + row * n;
+            const std::string where = absl::StrCat(context, " row ", row);
+            switch (row % 3) {
+              case 0:
+                EXPECT_EQ(y_row[0], 127.0f * 127.0f * kf) << where;
+                EXPECT_EQ(y_row[1], -127.0f * 127.0f * kf) << where;
+                break;
+              case 1:
+                EXPECT_EQ(y_row[0], -128.0f * 127.0f * kf) << where;
+                EXPECT_EQ(y_row[1], 128.0f * 127.0f * kf) << where;
+                break;
+              default:
+                EXPECT_EQ(y_row[0], -127.0f * kf / 2.0f) << where;
+                EXPECT_EQ(y_row[1], 127.0f * kf / 2.0f) << where;
+                break;
+            }
+          }
+        }
+      }
     }
   }
 }
