@@ -20,7 +20,7 @@ bool ConstantTimeEquals(std::string_view a, std::string_view b) {
   return difference == 0;
 }
 
-std::string_view BearerToken(const grpc::ServerContext& context) {
+std::string_view BearerToken(const grpc::ServerContextBase& context) {
   const auto& metadata = context.client_metadata();
   const auto entry = metadata.find("authorization");
   if (entry == metadata.end()) return {};
@@ -47,7 +47,7 @@ std::string_view BearerToken(const grpc::ServerContext& context) {
 Authorizer::Authorizer(std::string api_token, std::string admin_token)
     : api_token_(std::move(api_token)), admin_token_(std::move(admin_token)) {}
 
-absl::Status Authorizer::CheckInference(const grpc::ServerContext& context) const {
+absl::Status Authorizer::CheckInference(const grpc::ServerContextBase& context) const {
   if (api_token_.empty()) return absl::OkStatus();
   const std::string_view token = BearerToken(context);
   if (token.empty()) {
@@ -64,7 +64,7 @@ absl::Status Authorizer::CheckInference(const grpc::ServerContext& context) cons
   return absl::OkStatus();
 }
 
-absl::Status Authorizer::CheckAdmin(const grpc::ServerContext& context,
+absl::Status Authorizer::CheckAdmin(const grpc::ServerContextBase& context,
                                     bool on_admin_listener) const {
   if (admin_token_.empty()) {
     if (on_admin_listener) return absl::OkStatus();

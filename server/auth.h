@@ -15,7 +15,7 @@ bool ConstantTimeEquals(std::string_view a, std::string_view b);
 
 // Returns the token of an "authorization: Bearer <token>" metadata entry, or an empty view when
 // the entry is missing or uses another scheme. The view points into `context`.
-std::string_view BearerToken(const grpc::ServerContext& context);
+std::string_view BearerToken(const grpc::ServerContextBase& context);
 
 // Access rules of inference and admin RPCs. Immutable after construction, so safe to share
 // between threads.
@@ -27,11 +27,11 @@ class Authorizer {
 
   // OK when inference RPCs are open or the caller sent the API token (the admin token is
   // accepted too); UNAUTHENTICATED otherwise.
-  absl::Status CheckInference(const grpc::ServerContext& context) const;
+  absl::Status CheckInference(const grpc::ServerContextBase& context) const;
 
   // OK when the caller sent the admin token, or when no admin token is configured and the call
   // arrived on the admin listener (`on_admin_listener`); PERMISSION_DENIED otherwise.
-  absl::Status CheckAdmin(const grpc::ServerContext& context, bool on_admin_listener) const;
+  absl::Status CheckAdmin(const grpc::ServerContextBase& context, bool on_admin_listener) const;
 
   bool has_admin_token() const { return !admin_token_.empty(); }
 
