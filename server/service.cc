@@ -2,15 +2,11 @@
 
 #include <algorithm>
 #include <chrono>
-#include <condition_variable>
 #include <cstdint>
-#include <limits>
 #include <set>
-#include <span>
 #include <utility>
 #include <vector>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "core/status_macros.h"
@@ -22,127 +18,13 @@ namespace {
 
 namespace v1 = ::w8a8serve::v1;
 
-constexpr auto kCancelPollInterval = std::chrono::milliseconds(20);
-
-// Updates of one request, from the engine thread to the handler thread. Push only takes a mutex
-// for a queue append, so the engine thread does not wait on the handler. It wakes the handler
-// only once `min_tokens` generated tokens or the final update are queued, so the handler wakes
-// once per message it sends instead of once per engine step.
-class UpdateQueue {
- public:
-  explicit UpdateQueue(int64_t min_tokens) : min_tokens_(min_tokens) {}
-
-  void Push(GenerationUpdate update) {
-    bool ready = false;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      queued_tokens_ += static_cast<int64_t>(update.tokens.size());
-      finished_ = finished_ || update.finished;
-      updates_.push_back(std::move(update));
-      ready = IsReady();
-    }
-    if (ready) ready_.notify_one();
-  }
-
-  // Takes every queued update, in order, once at least `min_tokens` generated tokens or the
-  // final update are queued. Returns an empty vector when that did not happen within `timeout`.
-  std::vector<GenerationUpdate> PopReady(std::chrono::milliseconds timeout) {
-    std::unique_lock<std::mutex> lock(mutex_);
-    if (!ready_.wait_for(lock, timeout, [this] { return IsReady(); })) return {};
-    std::vector<GenerationUpdate> updates;
-    updates.swap(updates_);
-    queued_tokens_ = 0;
-    return updates;
-  }
-
- private:
-  // Requires mutex_.
-  bool IsReady() const {
-    return !updates_.empty() && (finished_ || queued_tokens_ >= min_tokens_);
-  }
-
-  const int64_t min_tokens_;
-  std::mutex mutex_;
-  std::condition_variable ready_;
-  std::vector<GenerationUpdate> updates_;
-  int64_t queued_tokens_ = 0;  // Generated tokens in updates_.
-  bool finished_ = false;      // The final update has been queued.
-};
-
-int64_t ModelVersion(const std::string& model_label) {
-  int64_t version = 0;
-  return absl::SimpleAtoi(model_label, &version) ? version : 0;
-}
-
-absl::Time DeadlineOf(const grpc::ServerContext& context) {
+absl::Time DeadlineOf(const grpc::ServerContextBase& context) {
   const auto deadline = context.deadline();
   // gRPC reports "no deadline" as a time point centuries ahead.
   if (deadline >= std::chrono::system_clock::now() + std::chrono::hours(24 * 365 * 100)) {
     return absl::InfiniteFuture();
   }
   return absl::FromChrono(deadline);
-}
-
-v1::FinishReason ToProto(FinishReason reason) {
-  switch (reason) {
-    case FinishReason::kStop:
-      return v1::FINISH_REASON_STOP;
-    case FinishReason::kLength:
-      return v1::FINISH_REASON_LENGTH;
-    case FinishReason::kCancelled:
-    case FinishReason::kDeadline:
-    case FinishReason::kError:
-      return v1::FINISH_REASON_ABORT;
-  }
-  return v1::FINISH_REASON_UNSPECIFIED;
-}
-
-void AppendLogprob(const Tokenizer& tokenizer, const GeneratedToken& token,
-                   google::protobuf::RepeatedPtrField<v1::TokenLogprob>& out) {
-  v1::TokenLogprob& entry = *out.Add();
-  entry.set_token_id(token.token_id);
-  entry.set_token(tokenizer.TokenString(token.token_id));
-  if (token.logprob.has_value()) entry.set_logprob(*token.logprob);
-  for (const LogprobAlternative& alternative : token.top_logprobs) {
-    v1::TopLogprob& top = *entry.add_top_logprobs();
-    top.set_token_id(alternative.token_id);
-    top.set_token(tokenizer.TokenString(alternative.token_id));
-    top.set_logprob(alternative.logprob);
-  }
-}
-
-void FillUsage(const GenerationUpdate& update, v1::Usage& usage, v1::Timings& timings) {
-  usage.set_prompt_tokens(static_cast<int32_t>(update.usage.prompt_tokens));
-  usage.set_completion_tokens(static_cast<int32_t>(update.usage.generated_tokens));
-  usage.set_total_tokens(
-      static_cast<int32_t>(update.usage.prompt_tokens + update.usage.generated_tokens));
-  timings.set_queue_seconds(update.timings.queue_seconds);
-  timings.set_time_to_first_token_seconds(update.timings.time_to_first_token_seconds);
-  timings.set_total_seconds(update.timings.end_to_end_seconds);
-  timings.set_prefill_seconds(update.timings.prefill_seconds);
-  timings.set_decode_seconds(update.timings.decode_seconds);
-}
-
-// Fills the tokens, log-probabilities and text of one update into a reply message (unary or
-// stream), which both have the same field names.
-template <typename Reply>
-void AppendUpdate(const Tokenizer& tokenizer, bool logprobs, const GenerationUpdate& update,
-                  Reply& reply) {
-  for (const GeneratedToken& token : update.prompt_tokens) {
-    reply.add_token_ids(token.token_id);
-    if (logprobs) AppendLogprob(tokenizer, token, *reply.mutable_logprobs());
-  }
-  for (const GeneratedToken& token : update.tokens) {
-    reply.add_token_ids(token.token_id);
-    if (logprobs) AppendLogprob(tokenizer, token, *reply.mutable_logprobs());
-  }
-  reply.mutable_text()->append(update.prompt_text);
-  reply.mutable_text()->append(update.text);
-  if (update.finished) {
-    reply.set_finish_reason(ToProto(update.finish_reason));
-    FillUsage(update, *reply.mutable_usage(), *reply.mutable_timings());
-  }
-  reply.set_model_version(ModelVersion(update.model_label));
 }
 
 bool WantsLogprobs(const v1::GenerateRequest& request) {
@@ -221,16 +103,21 @@ W8A8ServeService::W8A8ServeService(const ServingGate& gate, const Authorizer& au
       stream_interval_(std::max<int64_t>(1, options_.stream_interval)) {}
 
 absl::StatusOr<std::shared_ptr<ModelHost>> W8A8ServeService::AcquireForInference(
-    const grpc::ServerContext& context) const {
+    const grpc::ServerContextBase& context) const {
   RETURN_IF_ERROR(authorizer_.CheckInference(context));
   return gate_.Acquire();
 }
 
-template <typename OnUpdates>
-absl::Status W8A8ServeService::RunGeneration(grpc::ServerContext* context,
-                                             const v1::GenerateRequest& request,
-                                             int64_t min_tokens, std::string& request_id,
-                                             OnUpdates on_updates) {
+absl::Status W8A8ServeService::RejectGeneration(const std::string& request_id,
+                                                absl::Status status) const {
+  if (metrics_ != nullptr) metrics_->RecordRejected(status.code());
+  spdlog::warn("request {} rejected: {}", request_id, status.ToString());
+  return status;
+}
+
+absl::StatusOr<W8A8ServeService::AdmittedGeneration> W8A8ServeService::AdmitGeneration(
+    grpc::CallbackServerContext& context, const v1::GenerateRequest& request,
+    std::string& request_id) const {
   absl::Status id_status = absl::OkStatus();
   if (request.request_id().empty()) {
     request_id = NewRequestId();
@@ -238,143 +125,69 @@ absl::Status W8A8ServeService::RunGeneration(grpc::ServerContext* context,
     id_status = ValidateRequestId(request.request_id(), options_.limits);
     request_id = id_status.ok() ? request.request_id() : NewRequestId();
   }
-  context->AddInitialMetadata("x-request-id", request_id);
+  // The first message, or the status of a call without messages, carries it.
+  context.AddInitialMetadata("x-request-id", request_id);
 
-  auto reject = [&](absl::Status status) {
-    if (metrics_ != nullptr) metrics_->RecordRejected(status.code());
-    spdlog::warn("request {} rejected: {}", request_id, status.ToString());
-    return status;
-  };
-  if (!id_status.ok()) return reject(id_status);
-  absl::StatusOr<std::shared_ptr<ModelHost>> host = AcquireForInference(*context);
-  if (!host.ok()) return reject(host.status());
-  Engine& engine = (*host)->engine();
+  if (!id_status.ok()) return RejectGeneration(request_id, id_status);
+  absl::StatusOr<std::shared_ptr<ModelHost>> host = AcquireForInference(context);
+  if (!host.ok()) return RejectGeneration(request_id, host.status());
+  absl::StatusOr<GenerationRequest> generation = BuildGenerationRequest(
+      request, request_id, (*host)->tokenizer(), (*host)->engine().options().max_context,
+      options_.limits, DeadlineOf(context));
+  if (!generation.ok()) return RejectGeneration(request_id, generation.status());
+  return AdmittedGeneration{*std::move(host), *std::move(generation)};
+}
 
-  absl::StatusOr<GenerationRequest> generation =
-      BuildGenerationRequest(request, request_id, (*host)->tokenizer(),
-                             engine.options().max_context, options_.limits, DeadlineOf(*context));
-  if (!generation.ok()) return reject(generation.status());
-
-  // The prompt and generated ids, for the shadow comparison.
-  std::vector<int32_t> sequence = generation->prompt_ids;
-  auto queue = std::make_shared<UpdateQueue>(min_tokens);
-  absl::Status submitted = engine.Submit(
-      *std::move(generation), [queue](GenerationUpdate update) { queue->Push(std::move(update)); });
+void W8A8ServeService::StartGeneration(AdmittedGeneration admitted,
+                                       const std::string& request_id,
+                                       GenerationCall& call) const {
+  absl::Status submitted =
+      admitted.host->engine().Submit(std::move(admitted.request), call.EngineCallback());
   if (submitted.code() == absl::StatusCode::kResourceExhausted) {
-    return reject(absl::ResourceExhaustedError(
-        absl::StrCat(submitted.message(), " (server flag --max-queue)")));
+    submitted = absl::ResourceExhaustedError(
+        absl::StrCat(submitted.message(), " (server flag --max-queue)"));
   }
-  if (!submitted.ok()) return reject(submitted);
-
-  bool cancel_sent = false;
-  auto cancel = [&](const char* why) {
-    if (cancel_sent) return;
-    cancel_sent = true;
-    spdlog::info("request {} cancelled: {}", request_id, why);
-    // NOT_FOUND means the request finished meanwhile; its last update is on its way.
-    (void)engine.Cancel(request_id);
-  };
-  while (true) {
-    std::vector<GenerationUpdate> updates = queue->PopReady(kCancelPollInterval);
-    if (updates.empty()) {
-      if (context->IsCancelled()) cancel("the client cancelled the call or its deadline passed");
-      continue;
-    }
-    if (!on_updates(std::span<const GenerationUpdate>(updates))) {
-      cancel("the client stopped reading the stream");
-    }
-    for (const GenerationUpdate& update : updates) {
-      for (const GeneratedToken& token : update.tokens) sequence.push_back(token.token_id);
-    }
-    // The final update is the last one the engine pushes, so only the batch's last can be it.
-    if (!updates.back().finished) continue;
-
-    const GenerationUpdate& last = updates.back();
-    absl::Status status = last.status;
-    if (status.ok() && cancel_sent) {
-      status = absl::CancelledError("the client cancelled the call");
-    }
-    spdlog::info("request {} finished: {} prompt tokens, {} generated, finish {}, queue {:.4f} s, "
-                 "first token {:.4f} s, total {:.4f} s, model version {}, status {}",
-                 request_id, last.usage.prompt_tokens, last.usage.generated_tokens,
-                 FinishReasonName(last.finish_reason), last.timings.queue_seconds,
-                 last.timings.time_to_first_token_seconds, last.timings.end_to_end_seconds,
-                 last.model_label, absl::StatusCodeToString(status.code()));
-    if (!status.ok() && status.code() != absl::StatusCode::kCancelled &&
-        status.code() != absl::StatusCode::kDeadlineExceeded) {
-      spdlog::error("request {} failed: {}", request_id, status.ToString());
-    }
-    if (status.ok()) (*host)->OfferShadowSample(std::move(sequence), last.model_label);
-    return status;
+  if (!submitted.ok()) {
+    call.Reject(RejectGeneration(request_id, submitted));
+    return;
   }
+  call.MarkSubmitted();
 }
 
-grpc::Status W8A8ServeService::Generate(grpc::ServerContext* context,
-                                        const v1::GenerateRequest* request,
-                                        v1::GenerateResponse* response) {
-  std::string request_id;
-  const bool logprobs = WantsLogprobs(*request);
-  std::shared_ptr<ModelHost> host = gate_.host();
-  // The unary reply needs the whole completion, so the handler wakes only for the final update
-  // (or to poll for cancellation).
-  constexpr int64_t kUntilFinished = std::numeric_limits<int64_t>::max();
-  absl::Status status = RunGeneration(
-      context, *request, kUntilFinished, request_id,
-      [&](std::span<const GenerationUpdate> updates) {
-        for (const GenerationUpdate& update : updates) {
-          AppendUpdate(host->tokenizer(), logprobs, update, *response);
-        }
-        return true;
-      });
-  response->set_request_id(request_id);
-  if (!status.ok()) {
-    response->Clear();
-    return ToGrpcStatus(absl::Status(status.code(), absl::StrCat("request ", request_id, ": ",
-                                                                 status.message())));
-  }
-  return grpc::Status::OK;
+GenerationCallInfo W8A8ServeService::CallInfo(const AdmittedGeneration& admitted,
+                                              const std::string& request_id,
+                                              const v1::GenerateRequest& request) {
+  return GenerationCallInfo{request_id, admitted.host, admitted.request.prompt_ids,
+                            WantsLogprobs(request)};
 }
 
-grpc::Status W8A8ServeService::GenerateStream(
-    grpc::ServerContext* context, const v1::GenerateRequest* request,
-    grpc::ServerWriter<v1::GenerateStreamResponse>* writer) {
+grpc::ServerUnaryReactor* W8A8ServeService::Generate(grpc::CallbackServerContext* context,
+                                                     const v1::GenerateRequest* request,
+                                                     v1::GenerateResponse* response) {
   std::string request_id;
-  const bool logprobs = WantsLogprobs(*request);
-  std::shared_ptr<ModelHost> host = gate_.host();
-  bool writable = true;
-  absl::Status status = RunGeneration(
-      context, *request, stream_interval_, request_id,
-      [&](std::span<const GenerationUpdate> updates) {
-        if (!writable) return false;
-        // A failed status ends the stream with no final message, so the final update is not
-        // written for it. The tokens queued before it still are.
-        const bool failed = updates.back().finished && !updates.back().status.ok();
-        if (failed) updates = updates.first(updates.size() - 1);
-        if (updates.empty()) return true;
-
-        // Every update taken in one wake-up goes into one message. The tokens, log-probabilities
-        // and text concatenate in order, and the final update adds the finish reason, usage and
-        // timings.
-        v1::GenerateStreamResponse message;
-        message.set_request_id(request_id);
-        for (const GenerationUpdate& update : updates) {
-          AppendUpdate(host->tokenizer(), logprobs, update, message);
-        }
-        const bool finished = updates.back().finished;
-        // Updates without tokens, text or end carry nothing for the client.
-        if (message.token_ids_size() == 0 && message.text().empty() && !finished) return true;
-        // gRPC sends the final message together with the call's status, which saves one round
-        // trip through the completion queue.
-        grpc::WriteOptions options;
-        if (finished) options.set_last_message();
-        writable = writer->Write(message, options);
-        return writable;
-      });
-  if (!status.ok()) {
-    return ToGrpcStatus(absl::Status(status.code(), absl::StrCat("request ", request_id, ": ",
-                                                                 status.message())));
+  absl::StatusOr<AdmittedGeneration> admitted = AdmitGeneration(*context, *request, request_id);
+  if (!admitted.ok()) {
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    reactor->Finish(GenerationErrorStatus(request_id, admitted.status()));
+    return reactor;
   }
-  return grpc::Status::OK;
+  std::shared_ptr<GenerationCall> call;
+  grpc::ServerUnaryReactor* reactor =
+      NewUnaryGeneration(CallInfo(*admitted, request_id, *request), response, call);
+  StartGeneration(*std::move(admitted), request_id, *call);
+  return reactor;
+}
+
+grpc::ServerWriteReactor<v1::GenerateStreamResponse>* W8A8ServeService::GenerateStream(
+    grpc::CallbackServerContext* context, const v1::GenerateRequest* request) {
+  std::string request_id;
+  absl::StatusOr<AdmittedGeneration> admitted = AdmitGeneration(*context, *request, request_id);
+  if (!admitted.ok()) return NewRejectedStream(request_id, admitted.status());
+  std::shared_ptr<GenerationCall> call;
+  grpc::ServerWriteReactor<v1::GenerateStreamResponse>* reactor = NewStreamGeneration(
+      CallInfo(*admitted, request_id, *request), stream_interval_, call);
+  StartGeneration(*std::move(admitted), request_id, *call);
+  return reactor;
 }
 
 grpc::Status W8A8ServeService::Tokenize(grpc::ServerContext* context,

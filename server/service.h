@@ -9,6 +9,7 @@
 
 #include "absl/status/status.h"
 #include "server/auth.h"
+#include "server/generation_call.h"
 #include "server/metrics.h"
 #include "server/model_host.h"
 #include "server/request_builder.h"
@@ -49,21 +50,26 @@ struct ServiceOptions {
   int64_t stream_interval = 1;
 };
 
-// Sync gRPC handlers: each call runs on a gRPC thread, and generation calls block that thread
-// until the engine finishes the request, polling for client cancellation every 20 ms.
-// GenerateStream writes one message per wake-up of its thread, with every update queued since
-// the previous message, so a stream lagging behind the engine sends fewer, larger messages.
-class W8A8ServeService final : public w8a8serve::v1::W8A8Serve::Service {
+// Generate and GenerateStream use the gRPC callback API, so a generation call occupies no gRPC
+// thread while the engine works on it. The engine's update callback, on the engine thread,
+// builds each reply message and starts its write. While a GenerateStream write is in flight,
+// updates queue up, and the write's completion sends everything queued as one message, so a
+// stream lagging behind the engine sends fewer, larger messages. The other RPCs are synchronous
+// and run on gRPC's thread pool (--max-threads).
+class W8A8ServeService final
+    : public w8a8serve::v1::W8A8Serve::WithCallbackMethod_Generate<
+          w8a8serve::v1::W8A8Serve::WithCallbackMethod_GenerateStream<
+              w8a8serve::v1::W8A8Serve::Service>> {
  public:
   W8A8ServeService(const ServingGate& gate, const Authorizer& authorizer,
                    std::shared_ptr<ServerMetrics> metrics, ServiceOptions options);
 
-  grpc::Status Generate(grpc::ServerContext* context,
-                        const w8a8serve::v1::GenerateRequest* request,
-                        w8a8serve::v1::GenerateResponse* response) override;
-  grpc::Status GenerateStream(
-      grpc::ServerContext* context, const w8a8serve::v1::GenerateRequest* request,
-      grpc::ServerWriter<w8a8serve::v1::GenerateStreamResponse>* writer) override;
+  grpc::ServerUnaryReactor* Generate(grpc::CallbackServerContext* context,
+                                     const w8a8serve::v1::GenerateRequest* request,
+                                     w8a8serve::v1::GenerateResponse* response) override;
+  grpc::ServerWriteReactor<w8a8serve::v1::GenerateStreamResponse>* GenerateStream(
+      grpc::CallbackServerContext* context,
+      const w8a8serve::v1::GenerateRequest* request) override;
   grpc::Status Tokenize(grpc::ServerContext* context,
                         const w8a8serve::v1::TokenizeRequest* request,
                         w8a8serve::v1::TokenizeResponse* response) override;
@@ -87,16 +93,29 @@ class W8A8ServeService final : public w8a8serve::v1::W8A8Serve::Service {
                              w8a8serve::v1::RunEvaluationResponse* response) override;
 
  private:
-  // Runs one generation request. Whenever at least `min_tokens` generated tokens or the final
-  // update are queued, passes every queued engine update, in order, to `on_updates`
-  // (bool(std::span<const GenerationUpdate>), false when the client stopped reading). Returns
-  // the final status; fills `request_id`.
-  template <typename OnUpdates>
-  absl::Status RunGeneration(grpc::ServerContext* context,
-                             const w8a8serve::v1::GenerateRequest& request, int64_t min_tokens,
-                             std::string& request_id, OnUpdates on_updates);
+  // A validated generation request and the host it runs on.
+  struct AdmittedGeneration {
+    std::shared_ptr<ModelHost> host;
+    GenerationRequest request;
+  };
+
+  // Checks the request id, the caller's token and the request, and acquires the host. Sets
+  // `request_id` (the client's, or a new one when it sent none or an invalid one) and sends it
+  // as x-request-id initial metadata. Rejections are counted and logged.
+  absl::StatusOr<AdmittedGeneration> AdmitGeneration(grpc::CallbackServerContext& context,
+                                                     const w8a8serve::v1::GenerateRequest& request,
+                                                     std::string& request_id) const;
+  // Submits the request to the engine with `call`'s callback. When the engine rejects it,
+  // counts and logs the rejection and ends `call` with the error.
+  void StartGeneration(AdmittedGeneration admitted, const std::string& request_id,
+                       GenerationCall& call) const;
+  static GenerationCallInfo CallInfo(const AdmittedGeneration& admitted,
+                                     const std::string& request_id,
+                                     const w8a8serve::v1::GenerateRequest& request);
+  // Counts and logs a rejected generation request, and returns `status`.
+  absl::Status RejectGeneration(const std::string& request_id, absl::Status status) const;
   absl::StatusOr<std::shared_ptr<ModelHost>> AcquireForInference(
-      const grpc::ServerContext& context) const;
+      const grpc::ServerContextBase& context) const;
 
   const ServingGate& gate_;
   const Authorizer& authorizer_;

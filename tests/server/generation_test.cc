@@ -96,8 +96,8 @@ TEST_F(GenerationTest, StreamMatchesOfflineGenerator) {
   const grpc::Status status = reader->Finish();
 
   ASSERT_TRUE(status.ok()) << status.error_message();
-  // Each message carries every token queued when the handler thread woke, so how many
-  // messages 50 tokens take depends on scheduling.
+  // Each message carries every token queued while the previous write was in flight, so how
+  // many messages 50 tokens take depends on scheduling.
   EXPECT_GE(messages, 1);
   EXPECT_LE(messages, 50);
   EXPECT_EQ(text, expected.text);

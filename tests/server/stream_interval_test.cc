@@ -134,7 +134,7 @@ TEST_F(StreamIntervalTest, IntervalFourSendsFourTokensPerMessage) {
   const StreamResult stream = ReadStream(*every_fourth_, request);
 
   ASSERT_TRUE(stream.status.ok()) << stream.status.error_message();
-  // 4, 4 and 2 tokens, or fewer messages when the handler thread woke late and took more.
+  // 4, 4 and 2 tokens, or fewer messages when more tokens queued during a write.
   ExpectMessagesOfAtLeast(stream, 4, 10);
   EXPECT_THAT(stream.token_ids, ElementsAreArray(unary.token_ids()));
   EXPECT_EQ(stream.logprob_token_ids, stream.token_ids);
