@@ -69,7 +69,8 @@ ABSL_FLAG(int64_t, stream_interval, 1,
           "as it exists; larger values send fewer messages and cost less CPU per token.");
 ABSL_FLAG(int32_t, max_concurrent_streams, 100, "Maximum concurrent calls per HTTP/2 connection.");
 ABSL_FLAG(int32_t, max_threads, 512,
-          "Maximum gRPC handler threads; calls beyond get RESOURCE_EXHAUSTED.");
+          "Maximum gRPC threads of the synchronous RPCs (all but Generate and GenerateStream, "
+          "which hold no thread while they run); calls beyond get RESOURCE_EXHAUSTED.");
 ABSL_FLAG(double, shadow_fraction, 0,
           "Fraction of finished requests, in [0, 1], replayed on a low-priority background "
           "thread through an FP32 reference model to export the KL divergence and top-1 "

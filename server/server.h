@@ -36,7 +36,9 @@ struct ServerOptions {
   int64_t stream_interval = 1;          // Generated tokens per GenerateStream message.
   int64_t max_message_bytes = 4 << 20;  // Largest request message accepted.
   int max_concurrent_streams = 100;     // Per HTTP/2 connection.
-  int max_threads = 512;  // gRPC handler threads; calls beyond get RESOURCE_EXHAUSTED.
+  // gRPC threads of the synchronous RPCs (not Generate or GenerateStream); calls beyond get
+  // RESOURCE_EXHAUSTED.
+  int max_threads = 512;
 };
 
 // Thread safety: Start, LoadModel and Shutdown are called from one thread (main); the
