@@ -201,6 +201,48 @@ INSTANTIATE_TEST_SUITE_P(StreamIntervals, StreamCancelTest, ::testing::Values(1,
                            return absl::StrCat("Interval", info.param);
                          });
 
+// The x-request-id initial metadata of `context`, or an empty string without one.
+std::string RequestIdMetadata(const grpc::ClientContext& context) {
+  const auto& metadata = context.GetServerInitialMetadata();
+  const auto entry = metadata.find("x-request-id");
+  if (entry == metadata.end()) return "";
+  return std::string(entry->second.data(), entry->second.size());
+}
+
+TEST(RequestIdTest, MetadataNamesStreamedAndRejectedCalls) {
+  auto started = StartTestServer(TestServerOptions());
+  ASSERT_TRUE(started.ok()) << started.status();
+  TestServer& server = **started;
+
+  v1::GenerateRequest streamed = GreedyRequest("Once upon a time", 5);
+  streamed.set_request_id("metadata-stream");
+  auto stream_context = ContextWithDeadline();
+  auto reader = server.stub->GenerateStream(stream_context.get(), streamed);
+  v1::GenerateStreamResponse message;
+  while (reader->Read(&message)) EXPECT_EQ(message.request_id(), "metadata-stream");
+  ASSERT_TRUE(reader->Finish().ok());
+  EXPECT_EQ(RequestIdMetadata(*stream_context), "metadata-stream");
+
+  v1::GenerateRequest invalid = GreedyRequest("Once upon a time", 5);
+  invalid.mutable_sampling()->set_temperature(-1);
+  invalid.set_request_id("metadata-rejected");
+  auto unary_context = ContextWithDeadline();
+  v1::GenerateResponse response;
+  const grpc::Status unary = server.stub->Generate(unary_context.get(), invalid, &response);
+  EXPECT_EQ(unary.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(unary.error_message(), ::testing::StartsWith("request metadata-rejected: "));
+  EXPECT_EQ(RequestIdMetadata(*unary_context), "metadata-rejected");
+
+  auto rejected_context = ContextWithDeadline();
+  auto rejected = server.stub->GenerateStream(rejected_context.get(), invalid);
+  EXPECT_FALSE(rejected->Read(&message));
+  const grpc::Status stream_status = rejected->Finish();
+  EXPECT_EQ(stream_status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(stream_status.error_message(),
+              ::testing::StartsWith("request metadata-rejected: "));
+  EXPECT_EQ(RequestIdMetadata(*rejected_context), "metadata-rejected");
+}
+
 TEST(SlowReaderTest, SlowReaderReceivesEveryTokenInOrder) {
   auto started = StartTestServer(TestServerOptions());
   ASSERT_TRUE(started.ok()) << started.status();
