@@ -35,7 +35,8 @@ struct GenerationCallInfo {
 // when Submit failed), so the reactor, which deletes itself in OnDone, outlives every call into
 // it. The engine callback's reference keeps this state alive until the engine drops it.
 //
-// The engine thread builds reply messages and starts their writes itself. No lock is held
+// The engine thread builds a reply message and starts its write itself when no write of the
+// call is in flight, and the write's completion sends what queued meanwhile. No lock is held
 // while a message is built, a write or Finish starts, or a line is logged.
 class GenerationCall : public std::enable_shared_from_this<GenerationCall> {
  public:
