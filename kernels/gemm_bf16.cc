@@ -23,8 +23,12 @@ namespace {
 
 // For up to kMaxSmallM rows of x, each tile of rows of w is read from memory once and used for
 // every row of x, at most kRowsPerPass rows at a time. Passes after the first read it from L1.
+// Passes of 4 rows against 4 rows of w load each input of x into a register for 4 FMAs. With
+// 8 rows against 2 rows of w, GCC folded each load of x into both FMAs that use it, and on a
+// 2-core Xeon (Ice Lake, no AMX) 128256 x 2048 then took 1.3 to 1.4x as long at m = 8 and 16
+// (bench/kernel_bench.cc, Bf16LmHead).
 constexpr int64_t kMaxSmallM = 16;
-constexpr int64_t kRowsPerPass = 8;
+constexpr int64_t kRowsPerPass = 4;
 // Inputs of one step: 32 BF16 weights, one 64-byte load per row of w.
 constexpr int64_t kStepInputs = 32;
 // Rows of w converted at once for the GemmF32 path: 1024 rows of 8192 inputs are 32 MiB.
@@ -178,13 +182,10 @@ W8A8_AVX512 void SmallMAvx512(const float* x, const uint16_t* w, float* y, int64
   InterleaveInputs(x, m, k, padded_k, xi);
   // At most 16 accumulators and 2 * kW widened weight registers per tile, so that all stay in
   // the 32 vector registers. More rows of w are more weight streams per thread.
-  const int64_t pass_rows = std::min(m, kRowsPerPass);
-  if (pass_rows == 1) {
+  if (m == 1) {
     SmallMColumns<8>(xi, padded_k, w, y, m, n, k);
-  } else if (pass_rows <= 4) {
-    SmallMColumns<4>(xi, padded_k, w, y, m, n, k);
   } else {
-    SmallMColumns<2>(xi, padded_k, w, y, m, n, k);
+    SmallMColumns<4>(xi, padded_k, w, y, m, n, k);
   }
 }
 

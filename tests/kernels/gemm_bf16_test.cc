@@ -47,7 +47,8 @@ TEST(GemmBf16Test, EveryIsaMatchesDoublePrecision) {
   struct Shape {
     int64_t m, n, k;
   };
-  // m <= 16 runs in registers, up to 8 rows of x per pass over tiles of 8, 4 or 2 rows of w.
+  // m <= 16 runs in registers, up to 4 rows of x per pass over tiles of 8 (m = 1) or 4 rows of
+  // w.
   // Larger m converts blocks of 1024 rows, and n = 1030 crosses a block. k covers part of a
   // 32-input step, one step and several, and n ends inside a tile.
   std::vector<Shape> shapes = {{1, 1, 1},    {1, 37, 17}, {2, 9, 64},     {3, 5, 33},
