@@ -25,7 +25,7 @@ namespace {
 // every row of x, at most kRowsPerPass rows at a time. Passes after the first read it from L1.
 // Passes of 4 rows against 4 rows of w load each input of x into a register for 4 FMAs. With
 // 8 rows against 2 rows of w, GCC folded each load of x into both FMAs that use it, and on a
-// 2-core Xeon (Ice Lake, no AMX) 128256 x 2048 then took 1.3 to 1.4x as long at m = 8 and 16
+// 2-core Xeon (Ice Lake, no AMX) 128256 x 2048 then took 1.3 to 1.5x as long at m = 8 and 16
 // (bench/kernel_bench.cc, Bf16LmHead).
 constexpr int64_t kMaxSmallM = 16;
 constexpr int64_t kRowsPerPass = 4;

@@ -13,11 +13,11 @@
 namespace w8a8::kernels::internal {
 
 // oneDNN 2.6 multiplies the activations, shifted to unsigned bytes x + 128, by s8 weights into
-// int32 sums. Unsigned activations are what vpdpbusd and AMX take natively, so oneDNN needs no
-// compensation buffer of its own beside the weights; a pass over y then adds -128 times each
-// weight row's sum and applies the weight and activation scales, with the same FP32 rounding
-// as the packed loop and the reference. Primitives are created on first use for each m and
-// cached (thread-safe).
+// int32 sums. vpdpbusd takes unsigned activations natively, so oneDNN needs no compensation
+// buffer of its own beside the weights, with or without AMX. A pass over y then adds -128 times
+// each weight row's sum and applies the weight and activation scales, with the same FP32
+// rounding as the packed loop and the reference. Primitives are created on first use for each
+// m and cached (thread-safe).
 class OneDnnInt8Matmul : public Int8Matmul {
  public:
   // Returns false when oneDNN has only its reference implementation for m rows of these
