@@ -406,15 +406,17 @@ void Engine::Impl::FinishExpired(const absl::flat_hash_set<std::string>& cancels
                           "the engine is draining and its grace period ended before request ",
                           id, " finished")),
                       now);
-    } else if (cancels.contains(id)) {
-      sequence.Finish(FinishReason::kCancelled,
-                      absl::CancelledError(absl::StrCat("request ", id, " was cancelled")), now);
     } else if (now >= sequence.deadline()) {
+      // Before cancellations: gRPC cancels a call when its deadline passes, and that cancel
+      // often reaches the engine before the next check here.
       sequence.Finish(FinishReason::kDeadline,
                       absl::DeadlineExceededError(absl::StrCat(
                           "request ", id, " passed its deadline after generating ",
                           sequence.num_generated(), " tokens")),
                       now);
+    } else if (cancels.contains(id)) {
+      sequence.Finish(FinishReason::kCancelled,
+                      absl::CancelledError(absl::StrCat("request ", id, " was cancelled")), now);
     }
   };
   for (auto& sequence : waiting_) expire(*sequence);

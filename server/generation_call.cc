@@ -1,5 +1,6 @@
 #include "server/generation_call.h"
 
+#include <exception>
 #include <optional>
 #include <span>
 #include <utility>
@@ -251,7 +252,29 @@ class StreamCall final : public GenerationCall {
         reactor_->Finish(FinalGrpcStatus(request_id(), final_status));
         return;
       }
-      if (Write(updates)) return;
+      bool started = false;
+      try {
+        started = Write(updates);
+      } catch (const std::exception& error) {
+        // Building the message failed (out of memory). The call writes nothing more, cancels
+        // its request and finishes once the final update has arrived: with INTERNAL when the
+        // failed message was the final one, and CANCELLED otherwise.
+        spdlog::error("request {}: building a stream message failed: {}", request_id(),
+                      error.what());
+        {
+          absl::MutexLock lock(&mutex_);
+          writing_ = false;
+          stopped_ = true;
+          if (finished_) {
+            finished_ = false;
+            final_status_ = absl::InternalError(
+                absl::StrCat("building the final stream message failed: ", error.what()));
+          }
+        }
+        CancelRequest("building a stream message failed");
+        continue;
+      }
+      if (started) return;
       absl::MutexLock lock(&mutex_);
       writing_ = false;
     }
@@ -324,9 +347,9 @@ void GenerationCall::CancelRequest(const char* reason) {
     absl::MutexLock lock(&mutex_);
     if (!submitted_ || final_received_ || cancel_sent_) return;
     cancel_sent_ = true;
-    // The final update cannot be delivered while this lock is held, so the request id still
-    // names this call's request. NOT_FOUND means that the engine finished it meanwhile, and
-    // its final update is on its way.
+    // Complete cannot run while this lock is held, and the engine keeps the id in flight until
+    // the final callback returns, so the id still names this call's request. NOT_FOUND means
+    // that the engine finished it meanwhile, and its final update is on its way.
     (void)info_.host->engine().Cancel(request_id());
   }
   spdlog::info("request {} cancelled: {}", request_id(), reason);

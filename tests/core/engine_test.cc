@@ -360,6 +360,31 @@ TEST_F(EngineTest, DeadlineEndsRequest) {
   EXPECT_EQ(engine->Stats().kv_blocks_used, 0);
 }
 
+TEST_F(EngineTest, DeadlineWinsOverLaterCancel) {
+  std::unique_ptr<Engine> engine = MakeEngine(SmallOptions());
+  ASSERT_NE(engine, nullptr);
+  GenerationRequest request = Greedy("expiring", "Once upon a time", 400);
+  request.sampling.ignore_eos = true;
+  request.deadline = absl::Now() + absl::Milliseconds(50);
+  Collector collector;
+  std::atomic<bool> cancelled = false;
+  // The first update's callback waits past the deadline, then cancels, as gRPC does when a
+  // call's deadline passes. The engine sees both at its next check.
+  collector.OnTokens([&](int64_t tokens) {
+    if (tokens >= 1 && !cancelled.exchange(true)) {
+      absl::SleepFor(absl::Milliseconds(100));
+      EXPECT_TRUE(engine->Cancel("expiring").ok());
+    }
+  });
+  ASSERT_TRUE(engine->Submit(request, collector.Callback()).ok());
+  ASSERT_TRUE(collector.Wait());
+
+  const GenerationUpdate last = collector.Last();
+  EXPECT_EQ(last.finish_reason, FinishReason::kDeadline);
+  EXPECT_EQ(last.status.code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_LT(last.usage.generated_tokens, 400);
+}
+
 TEST_F(EngineTest, PastDeadlineEndsQueuedRequest) {
   std::unique_ptr<Engine> engine = MakeEngine(SmallOptions());
   ASSERT_NE(engine, nullptr);
