@@ -243,6 +243,37 @@ TEST(RequestIdTest, MetadataNamesStreamedAndRejectedCalls) {
   EXPECT_EQ(RequestIdMetadata(*rejected_context), "metadata-rejected");
 }
 
+TEST(StreamRejectTest, DuplicateIdStreamFailsAndFirstContinues) {
+  auto started = StartTestServer(TestServerOptions());
+  ASSERT_TRUE(started.ok()) << started.status();
+  TestServer& server = **started;
+
+  // The engine rejects the second request with the same id at submission, after the stream's
+  // call state exists.
+  v1::GenerateRequest request = LongRequest(400);
+  request.set_request_id("twice");
+  auto first_context = ContextWithDeadline(120);
+  auto first = server.stub->GenerateStream(first_context.get(), request);
+  v1::GenerateStreamResponse message;
+  ASSERT_TRUE(first->Read(&message)) << first->Finish().error_message();
+
+  auto second_context = ContextWithDeadline();
+  auto second = server.stub->GenerateStream(second_context.get(), request);
+  v1::GenerateStreamResponse second_message;
+  EXPECT_FALSE(second->Read(&second_message));
+  const grpc::Status rejected = second->Finish();
+  EXPECT_EQ(rejected.error_code(), grpc::StatusCode::ALREADY_EXISTS);
+  EXPECT_THAT(rejected.error_message(), ::testing::StartsWith("request twice: "));
+
+  StreamOutput output;
+  AppendMessage(message, output);
+  while (first->Read(&message)) AppendMessage(message, output);
+  output.status = first->Finish();
+  ASSERT_TRUE(output.status.ok()) << output.status.error_message();
+  EXPECT_EQ(output.token_ids.size(), 400u);
+  EXPECT_EQ(output.last.finish_reason(), v1::FINISH_REASON_LENGTH);
+}
+
 TEST(SlowReaderTest, SlowReaderReceivesEveryTokenInOrder) {
   auto started = StartTestServer(TestServerOptions());
   ASSERT_TRUE(started.ok()) << started.status();
