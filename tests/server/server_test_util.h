@@ -23,6 +23,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
 #include "core/checkpoint.h"
 #include "core/generator.h"
 #include "core/model.h"
@@ -95,6 +96,36 @@ inline v1::GenerateRequest GreedyRequest(const std::string& prompt, int64_t max_
   request.mutable_sampling()->set_temperature(0);
   request.mutable_sampling()->set_max_tokens(max_tokens);
   return request;
+}
+
+// What a client read from one GenerateStream call, in the order of its messages.
+struct StreamResult {
+  grpc::Status status;
+  std::vector<int> tokens_per_message;
+  std::vector<int32_t> token_ids;
+  std::vector<int32_t> logprob_token_ids;
+  std::string text;
+  std::vector<v1::GenerateStreamResponse> messages;
+
+  // Adds one received message to the totals.
+  void Append(const v1::GenerateStreamResponse& message) {
+    tokens_per_message.push_back(message.token_ids_size());
+    token_ids.insert(token_ids.end(), message.token_ids().begin(), message.token_ids().end());
+    for (const v1::TokenLogprob& logprob : message.logprobs()) {
+      logprob_token_ids.push_back(logprob.token_id());
+    }
+    text += message.text();
+    messages.push_back(message);
+  }
+};
+
+// Sends `request` as a Generate call and returns the response. A failed call fails the test.
+inline v1::GenerateResponse Unary(TestServer& server, const v1::GenerateRequest& request) {
+  auto context = ContextWithDeadline();
+  v1::GenerateResponse response;
+  const grpc::Status status = server.stub->Generate(context.get(), request, &response);
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  return response;
 }
 
 // The offline runtime of core/generator.h on the same checkpoint and plan as the server.

@@ -18,35 +18,6 @@ namespace {
 using ::testing::AnyOf;
 using ::testing::ElementsAreArray;
 
-// What a client read from one GenerateStream call.
-struct StreamOutput {
-  grpc::Status status;
-  int messages = 0;
-  std::vector<int32_t> token_ids;
-  std::vector<int32_t> logprob_token_ids;
-  std::string text;
-  v1::GenerateStreamResponse last;
-};
-
-void AppendMessage(const v1::GenerateStreamResponse& message, StreamOutput& output) {
-  ++output.messages;
-  output.token_ids.insert(output.token_ids.end(), message.token_ids().begin(),
-                          message.token_ids().end());
-  for (const v1::TokenLogprob& logprob : message.logprobs()) {
-    output.logprob_token_ids.push_back(logprob.token_id());
-  }
-  output.text += message.text();
-  output.last = message;
-}
-
-v1::GenerateResponse Unary(TestServer& server, const v1::GenerateRequest& request) {
-  auto context = ContextWithDeadline();
-  v1::GenerateResponse response;
-  const grpc::Status status = server.stub->Generate(context.get(), request, &response);
-  EXPECT_TRUE(status.ok()) << status.error_message();
-  return response;
-}
-
 v1::GenerateRequest LongRequest(int64_t max_tokens) {
   v1::GenerateRequest request = GreedyRequest("Once upon a time", max_tokens);
   request.mutable_sampling()->set_ignore_eos(true);
@@ -85,12 +56,12 @@ TEST(StreamConcurrencyTest, StreamsBeyondMaxThreadsAllComplete) {
     contexts.push_back(ContextWithDeadline(120));
     readers.push_back(server.stub->GenerateStream(contexts.back().get(), requests[i]));
   }
-  std::vector<StreamOutput> outputs(kStreams);
+  std::vector<StreamResult> outputs(kStreams);
   v1::GenerateStreamResponse message;
   for (int i = 0; i < kStreams; ++i) {
     ASSERT_TRUE(readers[i]->Read(&message)) << "stream " << i << ": "
                                             << readers[i]->Finish().error_message();
-    AppendMessage(message, outputs[i]);
+    outputs[i].Append(message);
   }
 
   auto tokenize_context = ContextWithDeadline();
@@ -103,7 +74,7 @@ TEST(StreamConcurrencyTest, StreamsBeyondMaxThreadsAllComplete) {
   EXPECT_EQ(tokens.token_ids_size(), 5);
 
   for (int i = 0; i < kStreams; ++i) {
-    while (readers[i]->Read(&message)) AppendMessage(message, outputs[i]);
+    while (readers[i]->Read(&message)) outputs[i].Append(message);
     outputs[i].status = readers[i]->Finish();
   }
   for (int i = 0; i < kStreams; ++i) {
@@ -111,9 +82,11 @@ TEST(StreamConcurrencyTest, StreamsBeyondMaxThreadsAllComplete) {
     ASSERT_TRUE(outputs[i].status.ok()) << outputs[i].status.error_message();
     EXPECT_THAT(outputs[i].token_ids, ElementsAreArray(solo[i].token_ids()));
     EXPECT_EQ(outputs[i].text, solo[i].text());
-    EXPECT_EQ(outputs[i].last.finish_reason(), v1::FINISH_REASON_LENGTH);
-    EXPECT_EQ(outputs[i].last.usage().completion_tokens(), 60 + 4 * i);
-    EXPECT_EQ(outputs[i].last.request_id(), absl::StrCat("wide-", i));
+    ASSERT_FALSE(outputs[i].messages.empty());
+    const v1::GenerateStreamResponse& last = outputs[i].messages.back();
+    EXPECT_EQ(last.finish_reason(), v1::FINISH_REASON_LENGTH);
+    EXPECT_EQ(last.usage().completion_tokens(), 60 + 4 * i);
+    EXPECT_EQ(last.request_id(), absl::StrCat("wide-", i));
   }
 }
 
@@ -174,16 +147,17 @@ TEST_P(StreamCancelTest, CancelsWithoutWaitingLeaveServerWorking) {
     grpc::ClientContext context;
     const int64_t max_tokens = 2 + i % 6;
     auto reader = server_->stub->GenerateStream(&context, LongRequest(max_tokens));
-    StreamOutput output;
+    StreamResult output;
     v1::GenerateStreamResponse message;
-    if (reader->Read(&message)) AppendMessage(message, output);
+    if (reader->Read(&message)) output.Append(message);
     context.TryCancel();
-    while (reader->Read(&message)) AppendMessage(message, output);
+    while (reader->Read(&message)) output.Append(message);
     const grpc::Status status = reader->Finish();
     EXPECT_THAT(status.error_code(), AnyOf(grpc::StatusCode::OK, grpc::StatusCode::CANCELLED));
     if (status.ok()) {
       EXPECT_EQ(static_cast<int64_t>(output.token_ids.size()), max_tokens);
-      EXPECT_EQ(output.last.finish_reason(), v1::FINISH_REASON_LENGTH);
+      ASSERT_FALSE(output.messages.empty());
+      EXPECT_EQ(output.messages.back().finish_reason(), v1::FINISH_REASON_LENGTH);
     }
   }
 
@@ -265,13 +239,14 @@ TEST(StreamRejectTest, DuplicateIdStreamFailsAndFirstContinues) {
   EXPECT_EQ(rejected.error_code(), grpc::StatusCode::ALREADY_EXISTS);
   EXPECT_THAT(rejected.error_message(), ::testing::StartsWith("request twice: "));
 
-  StreamOutput output;
-  AppendMessage(message, output);
-  while (first->Read(&message)) AppendMessage(message, output);
+  StreamResult output;
+  output.Append(message);
+  while (first->Read(&message)) output.Append(message);
   output.status = first->Finish();
   ASSERT_TRUE(output.status.ok()) << output.status.error_message();
   EXPECT_EQ(output.token_ids.size(), 400u);
-  EXPECT_EQ(output.last.finish_reason(), v1::FINISH_REASON_LENGTH);
+  ASSERT_FALSE(output.messages.empty());
+  EXPECT_EQ(output.messages.back().finish_reason(), v1::FINISH_REASON_LENGTH);
 }
 
 TEST(SlowReaderTest, SlowReaderReceivesEveryTokenInOrder) {
@@ -295,10 +270,10 @@ TEST(SlowReaderTest, SlowReaderReceivesEveryTokenInOrder) {
   auto stub = v1::W8A8Serve::NewStub(channel);
   auto context = ContextWithDeadline(120);
   auto reader = stub->GenerateStream(context.get(), request);
-  StreamOutput output;
+  StreamResult output;
   v1::GenerateStreamResponse message;
   while (reader->Read(&message)) {
-    AppendMessage(message, output);
+    output.Append(message);
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
   output.status = reader->Finish();
@@ -307,10 +282,12 @@ TEST(SlowReaderTest, SlowReaderReceivesEveryTokenInOrder) {
   EXPECT_THAT(output.token_ids, ElementsAreArray(unary.token_ids()));
   EXPECT_EQ(output.logprob_token_ids, output.token_ids);
   EXPECT_EQ(output.text, unary.text());
-  EXPECT_EQ(output.last.finish_reason(), v1::FINISH_REASON_LENGTH);
-  EXPECT_EQ(output.last.usage().completion_tokens(), 600);
-  EXPECT_EQ(output.last.usage().prompt_tokens(), unary.usage().prompt_tokens());
-  ::testing::Test::RecordProperty("messages", output.messages);
+  ASSERT_FALSE(output.messages.empty());
+  const v1::GenerateStreamResponse& last = output.messages.back();
+  EXPECT_EQ(last.finish_reason(), v1::FINISH_REASON_LENGTH);
+  EXPECT_EQ(last.usage().completion_tokens(), 600);
+  EXPECT_EQ(last.usage().prompt_tokens(), unary.usage().prompt_tokens());
+  ::testing::Test::RecordProperty("messages", static_cast<int>(output.messages.size()));
 }
 
 }  // namespace

@@ -27,41 +27,14 @@ namespace {
 using ::testing::ElementsAreArray;
 using ::testing::HasSubstr;
 
-// What a client reads from one GenerateStream call.
-struct StreamResult {
-  grpc::Status status;
-  std::vector<int> tokens_per_message;
-  std::vector<int32_t> token_ids;
-  std::vector<int32_t> logprob_token_ids;
-  std::string text;
-  std::vector<v1::GenerateStreamResponse> messages;
-};
-
 StreamResult ReadStream(TestServer& server, const v1::GenerateRequest& request) {
   StreamResult result;
   auto context = ContextWithDeadline();
   auto reader = server.stub->GenerateStream(context.get(), request);
   v1::GenerateStreamResponse message;
-  while (reader->Read(&message)) {
-    result.tokens_per_message.push_back(message.token_ids_size());
-    result.token_ids.insert(result.token_ids.end(), message.token_ids().begin(),
-                            message.token_ids().end());
-    for (const v1::TokenLogprob& logprob : message.logprobs()) {
-      result.logprob_token_ids.push_back(logprob.token_id());
-    }
-    result.text += message.text();
-    result.messages.push_back(message);
-  }
+  while (reader->Read(&message)) result.Append(message);
   result.status = reader->Finish();
   return result;
-}
-
-v1::GenerateResponse Unary(TestServer& server, const v1::GenerateRequest& request) {
-  auto context = ContextWithDeadline();
-  v1::GenerateResponse response;
-  const grpc::Status status = server.stub->Generate(context.get(), request, &response);
-  EXPECT_TRUE(status.ok()) << status.error_message();
-  return response;
 }
 
 v1::GenerateRequest TenTokensIgnoringEos() {
