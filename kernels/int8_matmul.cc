@@ -94,6 +94,10 @@ class PackedInt8Matmul final : public Int8Matmul {
   int64_t group_size() const override { return packed_.group_size; }
   Isa isa() const override { return isa_; }
   std::span<const int8_t> packed_weights() const { return packed_.weights; }
+  // -128 times the sum of each weight row, n entries. Per-channel weights only (one group).
+  std::span<const int32_t> row_compensation() const {
+    return std::span<const int32_t>(packed_.compensation).first(static_cast<size_t>(packed_.n));
+  }
   size_t memory_bytes() const override {
     return packed_.weights.size() * sizeof(int8_t) +
            packed_.compensation.size() * sizeof(int32_t) + packed_.scales.size() * sizeof(float);
@@ -223,7 +227,8 @@ absl::StatusOr<std::unique_ptr<Int8Matmul>> Int8Matmul::Create(std::span<const i
       internal::PackInt8Weights(weights.data(), n, k, scales.data(), group_size), isa);
   if (isa != Isa::kAvx512Vnni || group_size != 0) return packed;
   absl::StatusOr<std::unique_ptr<internal::OneDnnInt8Matmul>> onednn =
-      internal::CreateOneDnnInt8Matmul(weights, n, k, scales, packed->packed_weights());
+      internal::CreateOneDnnInt8Matmul(weights, n, k, scales, packed->row_compensation(),
+                                       packed->packed_weights());
   if (!onednn.ok()) return onednn.status();
   return std::make_unique<PerChannelAvx512Matmul>(std::move(packed), std::move(onednn).value());
 }

@@ -28,20 +28,9 @@ constexpr int64_t kLayoutRows = 16;
 
 class OneDnnInt8MatmulImpl final : public OneDnnInt8Matmul {
  public:
-  OneDnnInt8MatmulImpl(int64_t n, int64_t k, std::vector<float> scales)
-      : n_(n), k_(k), scales_(std::move(scales)) {}
-
-  // -128 times the sum of each row of `weights` [n, k]: the activations enter oneDNN as
-  // unsigned bytes x + 128, and adding this term to each column's int32 sum removes the 128.
-  void ComputeCompensation(std::span<const int8_t> weights) {
-    compensation_.resize(static_cast<size_t>(n_));
-    for (int64_t col = 0; col < n_; ++col) {
-      const int8_t* row = weights.data() + col * k_;
-      int32_t sum = 0;
-      for (int64_t i = 0; i < k_; ++i) sum += row[i];
-      compensation_[static_cast<size_t>(col)] = -128 * sum;
-    }
-  }
+  OneDnnInt8MatmulImpl(int64_t n, int64_t k, std::vector<float> scales,
+                       std::vector<int32_t> compensation)
+      : n_(n), k_(k), scales_(std::move(scales)), compensation_(std::move(compensation)) {}
 
   // Picks the weight layout for kLayoutRows rows and either adopts `shared_layout` or
   // reorders `weights` [n, k] into a buffer of its own. Throws dnnl::error.
@@ -93,7 +82,7 @@ class OneDnnInt8MatmulImpl final : public OneDnnInt8Matmul {
       shifted_data[i] = static_cast<uint8_t>(static_cast<uint8_t>(xq[i]) ^ 0x80u);
     }
 
-    // oneDNN writes the int32 sums into y's bytes; the pass below turns them into FP32 in
+    // oneDNN writes the int32 sums into y's bytes. The pass below turns them into FP32 in
     // place.
     const dnnl::engine& engine = CpuEngine();
     memory source(description.src_desc(), engine, shifted_data);
@@ -181,7 +170,9 @@ class OneDnnInt8MatmulImpl final : public OneDnnInt8Matmul {
   int64_t n_;
   int64_t k_;
   std::vector<float> scales_;
-  std::vector<int32_t> compensation_;  // [n]
+  // [n]: -128 times each weight row's sum. The activations enter oneDNN as unsigned bytes
+  // x + 128, and adding this term to each column's int32 sum removes the 128.
+  std::vector<int32_t> compensation_;
   memory::desc weights_desc_;
   bool shares_weights_ = false;
   memory weights_;
@@ -194,10 +185,15 @@ class OneDnnInt8MatmulImpl final : public OneDnnInt8Matmul {
 
 absl::StatusOr<std::unique_ptr<OneDnnInt8Matmul>> CreateOneDnnInt8Matmul(
     std::span<const int8_t> weights, int64_t n, int64_t k, std::span<const float> scales,
-    std::span<const int8_t> shared_layout) {
+    std::span<const int32_t> compensation, std::span<const int8_t> shared_layout) {
+  if (static_cast<int64_t>(compensation.size()) != n) {
+    return absl::InvalidArgumentError(absl::StrCat("oneDNN int8 matmul: compensation has ",
+                                                   compensation.size(), " entries, expected n = ",
+                                                   n, "."));
+  }
   auto matmul = std::make_unique<OneDnnInt8MatmulImpl>(
-      n, k, std::vector<float>(scales.begin(), scales.end()));
-  matmul->ComputeCompensation(weights);
+      n, k, std::vector<float>(scales.begin(), scales.end()),
+      std::vector<int32_t>(compensation.begin(), compensation.end()));
   try {
     matmul->PrepareWeights(weights, shared_layout);
   } catch (const dnnl::error& error) {

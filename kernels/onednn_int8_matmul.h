@@ -33,9 +33,10 @@ class OneDnnInt8Matmul : public Int8Matmul {
 // BA16a64b4a of the [k, n] matrix and `shared_layout` contains exactly its bytes (the packed
 // per-channel layout of int8_packed.h for k a multiple of 64), the matmul reads
 // `shared_layout`, which must outlive it and stay unchanged. Otherwise it reorders `weights`
-// [n, k] into a buffer of its own.
+// [n, k] into a buffer of its own. `compensation` has n entries, -128 times the sum of each
+// row of `weights`, as PackInt8Weights computes them.
 absl::StatusOr<std::unique_ptr<OneDnnInt8Matmul>> CreateOneDnnInt8Matmul(
     std::span<const int8_t> weights, int64_t n, int64_t k, std::span<const float> scales,
-    std::span<const int8_t> shared_layout = {});
+    std::span<const int32_t> compensation, std::span<const int8_t> shared_layout = {});
 
 }  // namespace w8a8::kernels::internal

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <memory>
 #include <random>
+#include <span>
 #include <string>
 #include <thread>
 #include <vector>
@@ -257,9 +258,11 @@ TEST(Int8Matmul, OneDnnAdoptsOnlyAMatchingBuffer) {
   reference::Int8Matmul(xq.data(), x_scales.data(), m, weights.data(), n, k, scales.data(),
                         /*group_size=*/0, expected.data());
   const std::span<const int8_t> whole(packed.weights);
+  const std::span<const int32_t> compensation =
+      std::span<const int32_t>(packed.compensation).first(n);
   for (bool matching : {true, false}) {
     absl::StatusOr<std::unique_ptr<internal::OneDnnInt8Matmul>> matmul =
-        internal::CreateOneDnnInt8Matmul(weights, n, k, scales,
+        internal::CreateOneDnnInt8Matmul(weights, n, k, scales, compensation,
                                          matching ? whole : whole.first(whole.size() - 64));
     ASSERT_TRUE(matmul.ok()) << matmul.status();
     EXPECT_EQ((*matmul)->SharesWeights(), matching);
@@ -268,6 +271,18 @@ TEST(Int8Matmul, OneDnnAdoptsOnlyAMatchingBuffer) {
     (*matmul)->Run(xq.data(), x_scales.data(), m, actual.data());
     EXPECT_EQ(actual, expected) << "matching=" << matching;
   }
+}
+
+TEST(Int8Matmul, OneDnnRejectsShortCompensation) {
+  const int64_t n = 64, k = 64;
+  const std::vector<int8_t> weights = RandomInt8(n * k, -127, 127, 43);
+  const std::vector<float> scales(n, 1.0f);
+  const std::vector<int32_t> compensation(n - 1, 0);
+  absl::StatusOr<std::unique_ptr<internal::OneDnnInt8Matmul>> matmul =
+      internal::CreateOneDnnInt8Matmul(weights, n, k, scales, compensation);
+  EXPECT_EQ(matmul.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(matmul.status().message().find("63 entries, expected n = 64"), std::string::npos)
+      << matmul.status();
 }
 
 // Run splits the column quads among OpenMP threads when there are at least two per thread,
