@@ -369,7 +369,7 @@ TEST_F(EngineTest, DeadlineWinsOverLaterCancel) {
   Collector collector;
   std::atomic<bool> cancelled = false;
   // The first update's callback waits past the deadline, then cancels, as gRPC does when a
-  // call's deadline passes. The engine sees both at its next check.
+  // call's deadline passes. The engine's next expiry check finds both.
   collector.OnTokens([&](int64_t tokens) {
     if (tokens >= 1 && !cancelled.exchange(true)) {
       absl::SleepFor(absl::Milliseconds(100));
