@@ -300,8 +300,9 @@ void RegisterAll() {
       }
     }
     // Batched decode, warm and from DRAM: the per-channel dispatch (the packed loop up to
-    // m = 4, oneDNN above) against the packed loop (per-channel numerics with group_size k).
-    for (int64_t m : {2, 4, 8, 16}) {
+    // m = 4 with AMX, m = 16 without, oneDNN above) against the packed loop (per-channel
+    // numerics with group_size k).
+    for (int64_t m : {2, 4, 8, 12, 16}) {
       for (bool cold : {false, true}) {
         RegisterInt8("Int8PerChannel", shape, m, 0, cold, 0);
         RegisterInt8("Int8PerRowPacked", shape, m, shape.k, cold, 0);

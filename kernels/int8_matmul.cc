@@ -48,9 +48,6 @@ class ScalarInt8Matmul final : public Int8Matmul {
   int64_t group_size_;
 };
 
-// Per-channel weights on AVX-512 take the packed loop for up to this many rows (see
-// PerChannelAvx512Matmul).
-constexpr int64_t kPackedBatchMaxRows = 4;
 
 // The AVX2 and AVX-512 VNNI paths over weights in the packed layout of int8_packed.h.
 class PackedInt8Matmul final : public Int8Matmul {
@@ -118,11 +115,11 @@ class PackedInt8Matmul final : public Int8Matmul {
   Isa isa_;
 };
 
-// Per-channel weights on AVX-512: the one place that picks oneDNN's int8 matmul (AMX tiles
-// where the CPU has them) or the packed VNNI loop, by m. The packed loop streams the weights
-// once for up to 6 rows, so it wins where the product is bound by reading the weights.
-// Measured with bench/kernel_bench.cc on a 2-core Xeon with AMX (2 MiB L2 per core),
-// oneDNN 2.6:
+// Per-channel weights on AVX-512: the one place that picks oneDNN's int8 matmul or the packed
+// VNNI loop, by m. The packed loop reads the weights from memory once for up to 16 rows
+// (RunPackedAvx512), so it wins where the product is bound by reading them.
+// With AMX, measured with bench/kernel_bench.cc on a 2-core Xeon (2 MiB L2 per core),
+// oneDNN 2.6, before the packed loop served more than 6 rows in one pass:
 //   m = 1: the packed loop was 1.3x (weights in cache) to 1.6x (from DRAM) faster on
 //   2048 x 2048, one thread.
 //   m = 2 and 4: the packed loop was 1.2 to 1.4x faster for 4 MiB of weights or more (CPU
@@ -131,6 +128,10 @@ class PackedInt8Matmul final : public Int8Matmul {
 //   m = 8, weights from DRAM: 0.93 to 1.18x either way by shape, and 8-sequence decode of
 //   Llama-3.2-1B within 2% either way (bench --suite model), so oneDNN keeps it.
 //   m >= 16: oneDNN is 1.7 to 3.1x faster.
+// Without AMX (oneDNN on vpdpbusd), on a 2-core Ice Lake Xeon (1.25 MiB L2 per core), the
+// packed loop was 1.3 to 1.4x faster from DRAM at m = 16 on the four Llama-3.2-1B shapes, and
+// 0.96 to 1.3x as fast with the weights in cache. At m = 64 oneDNN was as fast or up to 1.4x
+// faster.
 // Where oneDNN has only its reference implementation for m, the packed loop runs instead.
 // With k a multiple of 64, oneDNN reads the packed weights in place (see int8_packed.h), with
 // or without AMX, so the weights are stored once. With another k oneDNN keeps its own copy.
@@ -138,10 +139,12 @@ class PerChannelAvx512Matmul final : public Int8Matmul {
  public:
   PerChannelAvx512Matmul(std::unique_ptr<PackedInt8Matmul> packed,
                          std::unique_ptr<internal::OneDnnInt8Matmul> onednn)
-      : packed_(std::move(packed)), onednn_(std::move(onednn)) {}
+      : packed_(std::move(packed)),
+        onednn_(std::move(onednn)),
+        packed_max_rows_(internal::OneDnnUsesAmx() ? 4 : 16) {}
 
   void Run(const int8_t* xq, const float* x_scales, int64_t m, float* y) const override {
-    if (m <= kPackedBatchMaxRows || !onednn_->Accelerated(m)) {
+    if (m <= packed_max_rows_ || !onednn_->Accelerated(m)) {
       packed_->Run(xq, x_scales, m, y);
     } else {
       onednn_->Run(xq, x_scales, m, y);
@@ -159,6 +162,8 @@ class PerChannelAvx512Matmul final : public Int8Matmul {
   // Declared first: onednn_ may read the packed weights, so it is destroyed before them.
   std::unique_ptr<PackedInt8Matmul> packed_;
   std::unique_ptr<internal::OneDnnInt8Matmul> onednn_;
+  // The packed loop serves products of up to this many rows.
+  int64_t packed_max_rows_;
 };
 
 absl::Status ValidateInt8Weights(std::span<const int8_t> weights, int64_t n, int64_t k,

@@ -175,6 +175,22 @@ TEST(Int8Matmul, PrefillTileEdgesAreExact) {
   }
 }
 
+// From 7 to 16 rows, every tile of rows reads a chunk of the weights before the next chunk.
+// These k leave partial chunks and steps past the four streams of a group (k = 1000 and 2052
+// per channel, groups of 100 and 17 inputs), and the row counts end tiles of 6 rows or not.
+TEST(Int8Matmul, ChunkedRowTilesAreExact) {
+  uint32_t seed = 10100;
+  for (int64_t m : {7, 8, 12, 13, 16}) {
+    for (int64_t k : {1000, 2052}) {
+      for (int64_t group_size : {0, 100, 17}) {
+        ExpectMatchesReference(m, /*n=*/80, k, group_size, /*unit_scales=*/true, seed += 4);
+      }
+      ExpectMatchesReference(m, /*n=*/80, k, /*group_size=*/128, /*unit_scales=*/false,
+                             seed += 4);
+    }
+  }
+}
+
 // Many short groups per row, with a short last group (1000 = 62 * 16 + 8), each converted and
 // scaled on its own.
 TEST(Int8Matmul, ManyShortGroupsAreExact) {
@@ -189,11 +205,12 @@ TEST(Int8Matmul, ManyShortGroupsAreExact) {
   }
 }
 
-// Per-channel weights of 4 MiB or more take the packed loop for m = 2 to 4 on AVX-512, and
-// oneDNN for larger m. Both sides of that switch must agree with the reference.
+// Per-channel weights on AVX-512 take the packed loop for m <= 4 where oneDNN uses AMX, for
+// m <= 16 where it does not, and oneDNN for larger m. Both sides of that switch must agree
+// with the reference.
 TEST(Int8Matmul, PerChannelBatchDispatchIsExact) {
   uint32_t seed = 9800;
-  for (int64_t m : {2, 4, 5}) {
+  for (int64_t m : {2, 4, 5, 16, 17}) {
     ExpectMatchesReference(m, /*n=*/2048, /*k=*/2048, /*group_size=*/0, /*unit_scales=*/true,
                            seed += 4);
   }
