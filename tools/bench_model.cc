@@ -126,8 +126,12 @@ double DecodeBytesPerStep(const Model& model) {
   return bytes;
 }
 
-absl::StatusOr<nlohmann::json> BenchPlan(const Checkpoint& checkpoint, const std::string& plan,
-                                         const MachineCeilings& machine, double seconds) {
+struct LoadedPlan {
+  std::unique_ptr<Model> model;
+  double load_seconds = 0.0;
+};
+
+absl::StatusOr<LoadedPlan> LoadPlan(const Checkpoint& checkpoint, const std::string& plan) {
   const double load_start = omp_get_wtime();
   // fp32 becomes the empty plan, which serves the checkpoint's weights in FP32.
   absl::StatusOr<LinearFactory> factory =
@@ -135,14 +139,21 @@ absl::StatusOr<nlohmann::json> BenchPlan(const Checkpoint& checkpoint, const std
   if (!factory.ok()) return factory.status();
   absl::StatusOr<std::unique_ptr<Model>> model = Model::Create(checkpoint, *factory);
   if (!model.ok()) return model.status();
-  const double load_seconds = omp_get_wtime() - load_start;
+  return LoadedPlan{*std::move(model), omp_get_wtime() - load_start};
+}
+
+absl::StatusOr<nlohmann::json> BenchPlan(const Checkpoint& checkpoint, const std::string& plan,
+                                         const MachineCeilings& machine, double seconds) {
+  absl::StatusOr<LoadedPlan> loaded = LoadPlan(checkpoint, plan);
+  if (!loaded.ok()) return loaded.status();
+  const std::unique_ptr<Model>& model = loaded->model;
 
   nlohmann::json result = {{"plan", plan},
-                           {"load_seconds", load_seconds},
-                           {"weight_bytes", (*model)->weight_bytes()}};
+                           {"load_seconds", loaded->load_seconds},
+                           {"weight_bytes", model->weight_bytes()}};
   nlohmann::json prefill = nlohmann::json::array();
   for (int64_t length : kPromptLengths) {
-    absl::StatusOr<double> run_seconds = FastestPrefill(**model, length, seconds);
+    absl::StatusOr<double> run_seconds = FastestPrefill(*model, length, seconds);
     if (!run_seconds.ok()) return run_seconds.status();
     prefill.push_back({{"prompt_tokens", length},
                        {"seconds", *run_seconds},
@@ -158,10 +169,10 @@ absl::StatusOr<nlohmann::json> BenchPlan(const Checkpoint& checkpoint, const std
   const double read_gbs = std::max(machine.read_gbs.all_threads, read_gbs_now);
   result["read_gbs_before_decode"] = read_gbs_now;
   result["read_gbs_for_fractions"] = read_gbs;
-  const double bytes_per_step = DecodeBytesPerStep(**model);
+  const double bytes_per_step = DecodeBytesPerStep(*model);
   nlohmann::json decode = nlohmann::json::array();
   for (int64_t sequences : kDecodeBatchSizes) {
-    absl::StatusOr<double> step_seconds = MeanDecodeStep(**model, sequences, seconds);
+    absl::StatusOr<double> step_seconds = MeanDecodeStep(*model, sequences, seconds);
     if (!step_seconds.ok()) return step_seconds.status();
     nlohmann::json entry = {
         {"sequences", sequences},
@@ -231,10 +242,92 @@ nlohmann::json Ratios(const nlohmann::json& plans) {
   return ratios;
 }
 
+// One timed figure of the suite: a prefill of `prompt_tokens`, or a decode step of
+// `sequences` sequences when prompt_tokens is 0.
+struct Figure {
+  std::string key;
+  int64_t prompt_tokens = 0;
+  int64_t sequences = 0;
+};
+
+absl::StatusOr<double> TokensPerSecond(const Model& model, const Figure& figure,
+                                       double seconds) {
+  if (figure.prompt_tokens > 0) {
+    absl::StatusOr<double> run_seconds = FastestPrefill(model, figure.prompt_tokens, seconds);
+    if (!run_seconds.ok()) return run_seconds.status();
+    return static_cast<double>(figure.prompt_tokens) / *run_seconds;
+  }
+  absl::StatusOr<double> step_seconds = MeanDecodeStep(model, figure.sequences, seconds);
+  if (!step_seconds.ok()) return step_seconds.status();
+  return static_cast<double>(figure.sequences) / *step_seconds;
+}
+
+double Median(std::vector<double> values) {
+  std::sort(values.begin(), values.end());
+  const size_t half = values.size() / 2;
+  return values.size() % 2 == 1 ? values[half] : (values[half - 1] + values[half]) / 2.0;
+}
+
+// Loads every plan at once and times each figure on every plan in turn, `rounds` times, in
+// the order of `plan_names` in even rounds and in reverse in odd ones. A plan's ratio to the
+// first plan is taken per round, from runs seconds apart, so drift of the machine's speed
+// over minutes cancels out of it.
+absl::StatusOr<nlohmann::json> Interleave(const Checkpoint& checkpoint,
+                                          const std::vector<std::string>& plan_names,
+                                          double seconds, int rounds) {
+  std::vector<LoadedPlan> loaded;
+  for (const std::string& plan : plan_names) {
+    absl::StatusOr<LoadedPlan> one = LoadPlan(checkpoint, plan);
+    if (!one.ok()) return one.status();
+    loaded.push_back(*std::move(one));
+  }
+  std::vector<Figure> figures;
+  for (int64_t length : kPromptLengths) {
+    figures.push_back({"prefill_" + std::to_string(length), length, 0});
+  }
+  for (int64_t sequences : kDecodeBatchSizes) {
+    figures.push_back({"decode_" + std::to_string(sequences), 0, sequences});
+  }
+  const size_t count = loaded.size();
+  // per_round[figure][plan]: the ratio to the first plan in each round.
+  std::vector<std::vector<std::vector<double>>> per_round(
+      figures.size(), std::vector<std::vector<double>>(count));
+  for (int round = 0; round < rounds; ++round) {
+    for (size_t f = 0; f < figures.size(); ++f) {
+      std::vector<double> rates(count);
+      for (size_t turn = 0; turn < count; ++turn) {
+        const size_t plan = round % 2 == 0 ? turn : count - 1 - turn;
+        absl::StatusOr<double> rate =
+            TokensPerSecond(*loaded[plan].model, figures[f], seconds);
+        if (!rate.ok()) return rate.status();
+        rates[plan] = *rate;
+      }
+      for (size_t plan = 1; plan < count; ++plan) {
+        per_round[f][plan].push_back(rates[plan] / rates[0]);
+      }
+    }
+  }
+  nlohmann::json ratios = nlohmann::json::object();
+  for (size_t f = 0; f < figures.size(); ++f) {
+    for (size_t plan = 1; plan < count; ++plan) {
+      const std::vector<double>& values = per_round[f][plan];
+      const std::string name =
+          RatioKey(plan_names[plan]) + "_over_" + RatioKey(plan_names[0]);
+      ratios[figures[f].key][name] = {
+          {"rounds", values},
+          {"median", Median(values)},
+          {"min", *std::min_element(values.begin(), values.end())},
+          {"max", *std::max_element(values.begin(), values.end())}};
+    }
+  }
+  return nlohmann::json{{"rounds", rounds}, {"base", plan_names[0]}, {"ratios", ratios}};
+}
+
 }  // namespace
 
 absl::StatusOr<nlohmann::json> RunModelSuite(const std::string& model_path,
-                                             const MachineCeilings& machine, double seconds) {
+                                             const MachineCeilings& machine, double seconds,
+                                             int interleave_rounds) {
   absl::StatusOr<std::unique_ptr<Checkpoint>> checkpoint = Checkpoint::Open(model_path);
   if (!checkpoint.ok()) return checkpoint.status();
   const std::vector<std::string> plan_names =
@@ -252,7 +345,15 @@ absl::StatusOr<nlohmann::json> RunModelSuite(const std::string& model_path,
     if (!result.ok()) return result.status();
     plans.push_back(*std::move(result));
   }
-  return nlohmann::json{{"path", model_path}, {"plans", plans}, {"ratios", Ratios(plans)}};
+  nlohmann::json report = {{"path", model_path}, {"plans", plans}, {"ratios", Ratios(plans)}};
+  // After the per-plan figures, so that their peak resident memory is each plan's own.
+  if (interleave_rounds > 0 && plan_names.size() >= 2) {
+    absl::StatusOr<nlohmann::json> interleaved =
+        Interleave(**checkpoint, plan_names, seconds, interleave_rounds);
+    if (!interleaved.ok()) return interleaved.status();
+    report["interleaved"] = *std::move(interleaved);
+  }
+  return report;
 }
 
 }  // namespace w8a8::tools

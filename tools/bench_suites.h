@@ -17,10 +17,14 @@ namespace w8a8::tools {
 // at least `seconds`, and reports its fastest run.
 absl::StatusOr<nlohmann::json> RunKernelSuite(const MachineCeilings& machine, double seconds);
 
-// Prefill and batched decode of the model at `model_path` under the plans per-channel, auto
-// and fp32, in that order, with ratios between them.
+// Prefill and batched decode of the model at `model_path` under the plans of --plans (by
+// default per-channel, auto and fp32, in that order), with ratios between them. With
+// `interleave_rounds` > 0 and two plans or more, every plan is then loaded at once and timed
+// in that many rounds, the plans taking turns on each figure, with each plan's ratio to the
+// first plan per round.
 absl::StatusOr<nlohmann::json> RunModelSuite(const std::string& model_path,
-                                             const MachineCeilings& machine, double seconds);
+                                             const MachineCeilings& machine, double seconds,
+                                             int interleave_rounds);
 
 // The work of the engine suite, the same as `w8a8-client load` sends to w8a8-server.
 struct EngineSuiteOptions {

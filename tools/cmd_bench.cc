@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <filesystem>
 #include <set>
 #include <string>
 #include <utility>
@@ -21,6 +22,7 @@
 
 ABSL_DECLARE_FLAG(std::string, suite);
 ABSL_DECLARE_FLAG(double, seconds);
+ABSL_DECLARE_FLAG(int32_t, interleave);
 ABSL_DECLARE_FLAG(std::string, plan);
 ABSL_DECLARE_FLAG(std::string, prompt);
 ABSL_DECLARE_FLAG(int64_t, max_tokens);
@@ -162,6 +164,16 @@ void PrintModel(const nlohmann::json& model) {
                   value.is_number() ? value.get<double>() : 0.0);
     }
   }
+  if (!model.contains("interleaved")) return;
+  const nlohmann::json& interleaved = model["interleaved"];
+  std::printf("  interleaved: every plan loaded, %d rounds, ratio to %s per round\n",
+              interleaved["rounds"].get<int>(), interleaved["base"].get<std::string>().c_str());
+  for (const auto& [group, values] : interleaved["ratios"].items()) {
+    for (const auto& [name, value] : values.items()) {
+      std::printf("    %-18s %-24s median %.3f (%.3f to %.3f)\n", group.c_str(), name.c_str(),
+                  Number(value, "median"), Number(value, "min"), Number(value, "max"));
+    }
+  }
 }
 
 // The layout of `w8a8-client load`, so the two tables line up.
@@ -202,6 +214,11 @@ int RunBench(const std::vector<std::string>& args) {
     return Fail("--seconds must be positive, got " + std::to_string(seconds) + ".");
   }
   const std::string model_path = absl::GetFlag(FLAGS_model);
+  const int interleave = absl::GetFlag(FLAGS_interleave);
+  if (interleave < 0) {
+    return Fail("--interleave must be 0 (no rounds) or a positive number of rounds, got " +
+                std::to_string(interleave) + ".");
+  }
   std::set<std::string> suites;
   const std::string suite_flag = absl::GetFlag(FLAGS_suite);
   if (suite_flag.empty()) {
@@ -220,6 +237,12 @@ int RunBench(const std::vector<std::string>& args) {
       return Fail(std::string("the ") + suite +
                   " suite needs --model: a checkpoint directory or a .gguf file.");
     }
+  }
+  // Checked before the machine suite, which takes a while, runs.
+  if ((suites.contains("model") || suites.contains("engine")) &&
+      !std::filesystem::exists(model_path)) {
+    return Fail("--model " + model_path +
+                " does not exist; pass a checkpoint directory or a .gguf file.");
   }
 
   const bool json = absl::GetFlag(FLAGS_json);
@@ -246,7 +269,7 @@ int RunBench(const std::vector<std::string>& args) {
   }
   if (suites.contains("model")) {
     absl::StatusOr<nlohmann::json> model = kernels::RunOnTransientThread(
-        [&] { return RunModelSuite(model_path, machine, seconds); });
+        [&] { return RunModelSuite(model_path, machine, seconds, interleave); });
     if (!model.ok()) return Fail(std::string(model.status().message()));
     report["model"] = *model;
     if (!json) PrintModel(*model);

@@ -90,6 +90,12 @@ ABSL_FLAG(std::string, suite, "",
 ABSL_FLAG(double, seconds, 0.5,
           "bench: minimum seconds of timed runs per figure. Each figure is the fastest run, "
           "except decode, which reports the mean step.");
+ABSL_FLAG(int32_t, interleave, 0,
+          "bench model suite: after each plan's own figures, load every plan at once and time "
+          "them in this many rounds, taking turns figure by figure, and report each plan's "
+          "ratio to the first plan per round. Shared machines drift over minutes; ratios of "
+          "runs seconds apart do not. The order reverses every round, so pass an even number. "
+          "0 skips the rounds.");
 
 // bench --suite engine: the same names and meanings as `w8a8-client load` and w8a8-server.
 ABSL_FLAG(int32_t, concurrency, 4,

@@ -17,6 +17,7 @@ namespace w8a8 {
 namespace {
 
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 using testing::CommandResult;
 
@@ -161,6 +162,45 @@ TEST_F(BenchCli, ModelSuiteOnStories260K) {
   EXPECT_GT(Number(ratios["decode_8_over_1"], "auto"), 0.0);
 }
 
+// With --interleave, every plan after the first has a ratio per round for every figure, and
+// the median lies within the rounds.
+TEST_F(BenchCli, InterleavedRoundsReportRatiosPerRound) {
+  const std::string model = testing::Stories260KGguf().string();
+  ASSERT_TRUE(std::filesystem::exists(model)) << model;
+  const CommandResult result = RunW8a8Tool(
+      "bench --suite model --plans per-channel,auto,fp32 --interleave 3 --seconds 0.01 "
+      "--json --model " + model,
+      ToolOutput::kStdout);
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  const nlohmann::json report = nlohmann::json::parse(result.output, nullptr, false);
+  ASSERT_FALSE(report.is_discarded()) << result.output;
+  ASSERT_TRUE(report["model"].contains("interleaved")) << result.output;
+  const nlohmann::json& interleaved = report["model"]["interleaved"];
+  EXPECT_EQ(interleaved["rounds"].get<int>(), 3);
+  EXPECT_EQ(interleaved["base"].get<std::string>(), "per-channel");
+  const nlohmann::json& ratios = interleaved["ratios"];
+  ASSERT_EQ(ratios.size(), 6u) << ratios.dump();
+  for (const char* figure : {"prefill_128", "prefill_512", "decode_1", "decode_4", "decode_8",
+                             "decode_16"}) {
+    ASSERT_TRUE(ratios.contains(figure)) << figure;
+    ASSERT_EQ(ratios[figure].size(), 2u) << ratios[figure].dump();
+    for (const char* name : {"auto_over_per_channel", "fp32_over_per_channel"}) {
+      const nlohmann::json& entry = ratios[figure][name];
+      ASSERT_EQ(entry["rounds"].size(), 3u) << figure << " " << name;
+      for (const nlohmann::json& value : entry["rounds"]) EXPECT_GT(value.get<double>(), 0.0);
+      EXPECT_GT(Number(entry, "min"), 0.0) << figure << " " << name;
+      EXPECT_LE(Number(entry, "min"), Number(entry, "median")) << figure << " " << name;
+      EXPECT_LE(Number(entry, "median"), Number(entry, "max")) << figure << " " << name;
+    }
+  }
+}
+
+TEST_F(BenchCli, NegativeInterleaveIsRejected) {
+  const CommandResult result = RunW8a8Tool("bench --suite machine --interleave -1");
+  EXPECT_EQ(result.exit_code, 1);
+  EXPECT_THAT(result.output, HasSubstr("--interleave must be 0"));
+}
+
 TEST_F(BenchCli, UnknownSuiteIsRejected) {
   const CommandResult result = RunW8a8Tool("bench --suite disk");
   EXPECT_EQ(result.exit_code, 1);
@@ -171,6 +211,15 @@ TEST_F(BenchCli, ModelSuiteWithoutModelIsRejected) {
   const CommandResult result = RunW8a8Tool("bench --suite model");
   EXPECT_EQ(result.exit_code, 1);
   EXPECT_THAT(result.output, HasSubstr("needs --model"));
+}
+
+TEST_F(BenchCli, MissingModelIsRejectedBeforeMeasuring) {
+  const std::string missing =
+      (std::filesystem::temp_directory_path() / "w8a8-no-such-model").string();
+  const CommandResult result = RunW8a8Tool("bench --suite machine,model --model " + missing);
+  EXPECT_EQ(result.exit_code, 1);
+  EXPECT_THAT(result.output, HasSubstr("--model " + missing + " does not exist"));
+  EXPECT_THAT(result.output, Not(HasSubstr("read bandwidth")));
 }
 
 TEST_F(BenchCli, NonPositiveSecondsIsRejected) {
