@@ -277,9 +277,9 @@ absl::StatusOr<nlohmann::json> Interleave(const Checkpoint& checkpoint,
                                           double seconds, int rounds) {
   std::vector<LoadedPlan> loaded;
   for (const std::string& plan : plan_names) {
-    absl::StatusOr<LoadedPlan> one = LoadPlan(checkpoint, plan);
-    if (!one.ok()) return one.status();
-    loaded.push_back(*std::move(one));
+    absl::StatusOr<LoadedPlan> next = LoadPlan(checkpoint, plan);
+    if (!next.ok()) return next.status();
+    loaded.push_back(*std::move(next));
   }
   std::vector<Figure> figures;
   for (int64_t length : kPromptLengths) {

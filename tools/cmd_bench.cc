@@ -238,7 +238,7 @@ int RunBench(const std::vector<std::string>& args) {
                   " suite needs --model: a checkpoint directory or a .gguf file.");
     }
   }
-  // Checked before the machine suite, which takes a while, runs.
+  // Checked here, because the machine suite runs first and takes several seconds.
   if ((suites.contains("model") || suites.contains("engine")) &&
       !std::filesystem::exists(model_path)) {
     return Fail("--model " + model_path +
