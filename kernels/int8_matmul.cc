@@ -48,7 +48,6 @@ class ScalarInt8Matmul final : public Int8Matmul {
   int64_t group_size_;
 };
 
-
 // The AVX2 and AVX-512 VNNI paths over weights in the packed layout of int8_packed.h.
 class PackedInt8Matmul final : public Int8Matmul {
  public:

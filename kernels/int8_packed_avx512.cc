@@ -186,6 +186,8 @@ W8A8_AVX512 __attribute__((noinline)) void RunTile(const PackedInt8Weights& pack
   for (int b = 0; b < kBlocks; ++b) {
     const int64_t column = (block + b) * kPackRows;
     const int64_t valid = std::clamp<int64_t>(column_end - column, 0, kPackRows);
+    // This block and the ones after it lie past column_end, possibly past the end of y.
+    if (valid == 0) break;
     const __mmask16 mask = static_cast<__mmask16>((1u << valid) - 1u);
 #pragma GCC unroll 8
     for (int r = 0; r < kRows; ++r) {
@@ -322,7 +324,7 @@ W8A8_AVX512 void AccumulateChunkAllRows(int32_t* acc, int64_t rows, const int8_t
 // Computes y for up to kChunkedMaxRows rows by the quad of column blocks from `block` on. Each
 // scale group is read in chunks, and all tiles of rows go through a chunk before the next one,
 // so the weights stream from memory once and without pauses longer than a chunk. The int32
-// sums wait in `acc` ([rows][kBlockQuad][kPackRows]) between chunks; the FP32 sums in `sums`
+// sums wait in `acc` ([rows][kBlockQuad][kPackRows]) between chunks. The FP32 sums in `sums`
 // (same shape) collect the groups in order, with the same roundings as RunTile.
 W8A8_AVX512 void RunChunkedQuad(const PackedInt8Weights& packed, const uint8_t* xa,
                                 const float* x_scales, int64_t rows, int64_t block,
@@ -381,6 +383,8 @@ W8A8_AVX512 void RunChunkedQuad(const PackedInt8Weights& packed, const uint8_t* 
   for (int64_t b = 0; b < kBlockQuad; ++b) {
     const int64_t column = (block + b) * kPackRows;
     const int64_t valid = std::clamp<int64_t>(column_end - column, 0, kPackRows);
+    // This block and the rest of the quad lie past column_end, possibly past the end of y.
+    if (valid == 0) break;
     const __mmask16 mask = static_cast<__mmask16>((1u << valid) - 1u);
     for (int64_t r = 0; r < rows; ++r) {
       const __m512 sum = _mm512_load_ps(sums + (r * kBlockQuad + b) * kPackRows);

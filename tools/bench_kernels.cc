@@ -77,8 +77,8 @@ nlohmann::json CaseJson(const RotatedKernel& kernel, const LinearShape& shape, i
                            {"rotation_bytes", rotation_bytes},
                            {"dram_resident", ReadsDram(rotation_bytes)}};
   // Without the AVX-512 probes the ceilings are 0 and the fractions are left out.
-  // NOTE: per-channel Int8Matmul goes through oneDNN for m > 4 on CPUs with AMX, where its
-  // fraction of the vpdpbusd peak can exceed 1 (m > 16 without AMX).
+  // NOTE: per-channel Int8Matmul goes through oneDNN for m > 4 with AMX (m > 16 without),
+  // and only on AMX tiles can its fraction of the vpdpbusd peak exceed 1.
   if (kernel.peak_gops > 0) result["peak_fraction"] = gops / kernel.peak_gops;
   if (m <= kMaxBandwidthBoundRows && machine.read_gbs.all_threads > 0) {
     // The time the weights alone take to stream at the measured bandwidth, over the run time.

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <set>
 #include <string>
+#include <system_error>
 #include <utility>
 #include <vector>
 
@@ -164,6 +165,10 @@ void PrintModel(const nlohmann::json& model) {
                   value.is_number() ? value.get<double>() : 0.0);
     }
   }
+  if (model.contains("interleaved_error")) {
+    std::printf("  interleaved rounds failed: %s\n",
+                model["interleaved_error"].get<std::string>().c_str());
+  }
   if (!model.contains("interleaved")) return;
   const nlohmann::json& interleaved = model["interleaved"];
   std::printf("  interleaved: every plan loaded, %d rounds, ratio to %s per round\n",
@@ -239,10 +244,29 @@ int RunBench(const std::vector<std::string>& args) {
     }
   }
   // Checked here, because the machine suite runs first and takes several seconds.
-  if ((suites.contains("model") || suites.contains("engine")) &&
-      !std::filesystem::exists(model_path)) {
-    return Fail("--model " + model_path +
-                " does not exist; pass a checkpoint directory or a .gguf file.");
+  if (suites.contains("model") || suites.contains("engine")) {
+    std::error_code error;
+    const bool exists = std::filesystem::exists(model_path, error);
+    if (error) {
+      return Fail("cannot read --model " + model_path + ": " + error.message() + ".");
+    }
+    if (!exists) {
+      return Fail("--model " + model_path +
+                  " does not exist; pass a checkpoint directory or a .gguf file.");
+    }
+  }
+  if (interleave > 0) {
+    if (!suites.contains("model")) {
+      return Fail("--interleave times the plans of the model suite; add model to --suite.");
+    }
+    const std::string plans = absl::GetFlag(FLAGS_plans);
+    const std::vector<std::string> plan_names =
+        absl::StrSplit(plans, ',', absl::SkipEmpty());
+    // An empty --plans runs the suite's three default plans.
+    if (!plans.empty() && plan_names.size() < 2) {
+      return Fail("--interleave compares plans and needs at least two in --plans, got '" +
+                  plans + "'.");
+    }
   }
 
   const bool json = absl::GetFlag(FLAGS_json);

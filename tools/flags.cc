@@ -95,7 +95,7 @@ ABSL_FLAG(int32_t, interleave, 0,
           "them in this many rounds, taking turns figure by figure, and report each plan's "
           "ratio to the first plan per round. Shared machines drift over minutes; ratios of "
           "runs seconds apart do not. The order reverses every round, so pass an even number. "
-          "0 skips the rounds.");
+          "Needs the memory of every plan at once. 0 skips the rounds.");
 
 // bench --suite engine: the same names and meanings as `w8a8-client load` and w8a8-server.
 ABSL_FLAG(int32_t, concurrency, 4,

@@ -201,6 +201,22 @@ TEST_F(BenchCli, NegativeInterleaveIsRejected) {
   EXPECT_THAT(result.output, HasSubstr("--interleave must be 0"));
 }
 
+TEST_F(BenchCli, InterleaveWithoutModelSuiteIsRejected) {
+  const CommandResult result = RunW8a8Tool("bench --suite machine --interleave 2");
+  EXPECT_EQ(result.exit_code, 1);
+  EXPECT_THAT(result.output, HasSubstr("add model to --suite"));
+  EXPECT_THAT(result.output, Not(HasSubstr("read bandwidth")));
+}
+
+TEST_F(BenchCli, InterleaveWithOnePlanIsRejected) {
+  const CommandResult result =
+      RunW8a8Tool("bench --suite model --plans auto --interleave 2 --model " +
+                  testing::Stories260KGguf().string());
+  EXPECT_EQ(result.exit_code, 1);
+  EXPECT_THAT(result.output, HasSubstr("needs at least two in --plans, got 'auto'"));
+  EXPECT_THAT(result.output, Not(HasSubstr("read bandwidth")));
+}
+
 TEST_F(BenchCli, UnknownSuiteIsRejected) {
   const CommandResult result = RunW8a8Tool("bench --suite disk");
   EXPECT_EQ(result.exit_code, 1);

@@ -162,11 +162,12 @@ TEST(Int8Matmul, DecodeTileEdgesAreExact) {
   }
 }
 
-// Prefill tiles are 6 rows by one quad. These row counts end on a tile, one past it, and in
-// the middle of one, on widths that end inside a quad.
+// Up to 6 rows run one tile, and above 16 rows tiles of 6 rows by one quad run over all of k.
+// These row counts end on a tile, one past it, and in the middle of one, on widths that end
+// inside a quad. 7 to 16 rows take the chunked tiles (ChunkedRowTilesAreExact).
 TEST(Int8Matmul, PrefillTileEdgesAreExact) {
   uint32_t seed = 9500;
-  for (int64_t m : {5, 6, 7, 12, 13, 17, 23}) {
+  for (int64_t m : {5, 6, 7, 12, 13, 17, 19, 23, 37}) {
     for (int64_t n : {16, 49, 64, 80, 200}) {
       for (int64_t group_size : {0, 16, 128, 17}) {
         ExpectMatchesReference(m, n, /*k=*/300, group_size, /*unit_scales=*/true, seed += 4);
@@ -177,18 +178,23 @@ TEST(Int8Matmul, PrefillTileEdgesAreExact) {
 
 // From 7 to 16 rows, every tile of rows reads a chunk of the weights before the next chunk.
 // These k leave partial chunks and steps past the four streams of a group (k = 1000 and 2052
-// per channel, groups of 100 and 17 inputs), and the row counts end tiles of 6 rows or not.
+// per channel, groups of 512, 100 and 17 inputs), and the row counts end tiles of 6 rows or
+// not, with up to three tiles. One thread runs all rows: with more, Run splits the rows of
+// these narrow matrices among the threads.
 TEST(Int8Matmul, ChunkedRowTilesAreExact) {
+  const int saved_threads = omp_get_max_threads();
+  omp_set_num_threads(1);
   uint32_t seed = 10100;
   for (int64_t m : {7, 8, 12, 13, 16}) {
     for (int64_t k : {1000, 2052}) {
-      for (int64_t group_size : {0, 100, 17}) {
+      for (int64_t group_size : {0, 512, 100, 17}) {
         ExpectMatchesReference(m, /*n=*/80, k, group_size, /*unit_scales=*/true, seed += 4);
       }
       ExpectMatchesReference(m, /*n=*/80, k, /*group_size=*/128, /*unit_scales=*/false,
                              seed += 4);
     }
   }
+  omp_set_num_threads(saved_threads);
 }
 
 // Many short groups per row, with a short last group (1000 = 62 * 16 + 8), each converted and
