@@ -283,6 +283,16 @@ W8A8_AVX512 void AccumulateChunkAllRows(int32_t* acc, int64_t rows, const int8_t
                                         const uint8_t* x_word, int64_t part_stride,
                                         int64_t steps, int64_t padded_k,
                                         const int8_t* weights_end) {
+  // AccumulateChunk<r, kParts> at index r, for tiles of 1 to kTileRows rows.
+  static_assert(kTileRows == 6);
+  static constexpr decltype(&AccumulateChunk<1, kParts>) chunk_by_rows[] = {
+      nullptr,
+      &AccumulateChunk<1, kParts>,
+      &AccumulateChunk<2, kParts>,
+      &AccumulateChunk<3, kParts>,
+      &AccumulateChunk<4, kParts>,
+      &AccumulateChunk<5, kParts>,
+      &AccumulateChunk<6, kParts>};
   const int64_t tiles = (rows + kTileRows - 1) / kTileRows;
   for (int64_t row = 0; row < rows; row += kTileRows) {
     const int64_t tile = row / kTileRows;
@@ -292,32 +302,8 @@ W8A8_AVX512 void AccumulateChunkAllRows(int32_t* acc, int64_t rows, const int8_t
     }
     int32_t* tile_acc = acc + row * kBlockQuad * kPackRows;
     const uint8_t* tile_word = x_word + row * padded_k;
-    switch (std::min<int64_t>(kTileRows, rows - row)) {
-      case 6:
-        AccumulateChunk<6, kParts>(tile_acc, line, tile_word, part_stride, steps, padded_k,
-                                   prefetch_parts, weights_end);
-        break;
-      case 5:
-        AccumulateChunk<5, kParts>(tile_acc, line, tile_word, part_stride, steps, padded_k,
-                                   prefetch_parts, weights_end);
-        break;
-      case 4:
-        AccumulateChunk<4, kParts>(tile_acc, line, tile_word, part_stride, steps, padded_k,
-                                   prefetch_parts, weights_end);
-        break;
-      case 3:
-        AccumulateChunk<3, kParts>(tile_acc, line, tile_word, part_stride, steps, padded_k,
-                                   prefetch_parts, weights_end);
-        break;
-      case 2:
-        AccumulateChunk<2, kParts>(tile_acc, line, tile_word, part_stride, steps, padded_k,
-                                   prefetch_parts, weights_end);
-        break;
-      default:
-        AccumulateChunk<1, kParts>(tile_acc, line, tile_word, part_stride, steps, padded_k,
-                                   prefetch_parts, weights_end);
-        break;
-    }
+    chunk_by_rows[std::min<int64_t>(kTileRows, rows - row)](
+        tile_acc, line, tile_word, part_stride, steps, padded_k, prefetch_parts, weights_end);
   }
 }
 

@@ -325,13 +325,16 @@ absl::StatusOr<nlohmann::json> Interleave(const Checkpoint& checkpoint,
 
 }  // namespace
 
+std::vector<std::string> ModelSuitePlans() {
+  return absl::StrSplit(PlansOrDefault("per-channel,auto,fp32"), ',', absl::SkipEmpty());
+}
+
 absl::StatusOr<nlohmann::json> RunModelSuite(const std::string& model_path,
                                              const MachineCeilings& machine, double seconds,
                                              int interleave_rounds) {
   absl::StatusOr<std::unique_ptr<Checkpoint>> checkpoint = Checkpoint::Open(model_path);
   if (!checkpoint.ok()) return checkpoint.status();
-  const std::vector<std::string> plan_names =
-      absl::StrSplit(PlansOrDefault("per-channel,auto,fp32"), ',', absl::SkipEmpty());
+  const std::vector<std::string> plan_names = ModelSuitePlans();
   if (plan_names.empty()) {
     return absl::InvalidArgumentError(
         "--plans names no plan: list fp32, per-channel, per-group, per-tensor, auto, or the "

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "core/engine.h"
@@ -16,6 +17,9 @@ namespace w8a8::tools {
 // shapes at m = 1, 4, 16, 64 and 512. Each case runs once untimed, then at least once and for
 // at least `seconds`, and reports its fastest run.
 absl::StatusOr<nlohmann::json> RunKernelSuite(const MachineCeilings& machine, double seconds);
+
+// The plans the model suite runs: those of --plans, or per-channel, auto and fp32.
+std::vector<std::string> ModelSuitePlans();
 
 // Prefill and batched decode of the model at `model_path` under the plans of --plans (by
 // default per-channel, auto and fp32, in that order), with ratios between them. With

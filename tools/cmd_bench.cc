@@ -259,13 +259,9 @@ int RunBench(const std::vector<std::string>& args) {
     if (!suites.contains("model")) {
       return Fail("--interleave times the plans of the model suite; add model to --suite.");
     }
-    const std::string plans = absl::GetFlag(FLAGS_plans);
-    const std::vector<std::string> plan_names =
-        absl::StrSplit(plans, ',', absl::SkipEmpty());
-    // An empty --plans runs the suite's three default plans.
-    if (!plans.empty() && plan_names.size() < 2) {
+    if (ModelSuitePlans().size() < 2) {
       return Fail("--interleave compares plans and needs at least two in --plans, got '" +
-                  plans + "'.");
+                  absl::GetFlag(FLAGS_plans) + "'.");
     }
   }
 
