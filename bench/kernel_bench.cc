@@ -27,7 +27,6 @@
 #include "kernels/fused.h"
 #include "kernels/gemm.h"
 #include "kernels/gemm_bf16.h"
-#include "kernels/weight_memory.h"
 #include "tools/bench_common.h"
 
 namespace w8a8::kernels {
@@ -118,12 +117,12 @@ void BenchF32(benchmark::State& state, LinearShape shape, int64_t m, bool cold) 
   SetCounters(state, 2.0 * m * n * k, 4.0 * double(n * k + m * k + m * n));
 }
 
-// GemmBf16Weights on the tied output matrix of Llama-3.2-1B (vocabulary 128256 x hidden 2048,
-// 501 MiB), which alone exceeds the last-level cache, so every product reads it from DRAM.
-// GB/s counts the BF16 weights, the FP32 activations and the outputs.
+// Bf16Matrix::Multiply on the tied output matrix of Llama-3.2-1B (vocabulary 128256 x hidden
+// 2048, 501 MiB), which alone exceeds the last-level cache, so every product reads it from
+// DRAM. GB/s counts the BF16 weights, the FP32 activations and the outputs.
 void BenchBf16LmHead(benchmark::State& state, int64_t m) {
   constexpr int64_t n = 128256, k = 2048;
-  WeightVector<uint16_t> weights(n * k);
+  std::vector<uint16_t> weights(n * k);
   std::mt19937 engine(5);
   std::normal_distribution<float> normal(0.0f, 0.02f);
   for (uint16_t& weight : weights) {
@@ -132,10 +131,12 @@ void BenchBf16LmHead(benchmark::State& state, int64_t m) {
     std::memcpy(&bits, &value, sizeof(bits));
     weight = static_cast<uint16_t>(bits >> 16);
   }
+  const Bf16Matrix matrix(weights.data(), n, k);
+  weights = {};
   const std::vector<float> x = RandomFloats(m * k, 99);
   std::vector<float> y(m * n);
   for (auto _ : state) {
-    GemmBf16Weights(x.data(), weights.data(), y.data(), m, n, k);
+    matrix.Multiply(x.data(), m, y.data());
     benchmark::DoNotOptimize(y.data());
   }
   SetCounters(state, 2.0 * m * n * k, 2.0 * double(n * k) + 4.0 * double(m * k + m * n));
@@ -331,7 +332,7 @@ void RegisterAll() {
       }
     }
   }
-  for (int64_t m : {1, 2, 4, 8, 16}) {
+  for (int64_t m : {1, 2, 4, 8, 16, 64, 512}) {
     benchmark::RegisterBenchmark(("Bf16LmHead/m=" + std::to_string(m)).c_str(), BenchBf16LmHead,
                                  m)
         ->Unit(benchmark::kMillisecond)

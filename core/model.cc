@@ -117,8 +117,7 @@ void RmsNorm(const float* x, const float* weight, int64_t rows, int64_t dim, flo
 class TiedLmHead final : public LinearLayer {
  public:
   // Exactly one of `embedding` and `embedding_bf16` is non-empty.
-  TiedLmHead(const std::vector<float>& embedding,
-             const kernels::WeightVector<uint16_t>& embedding_bf16,
+  TiedLmHead(const std::vector<float>& embedding, const kernels::Bf16Matrix& embedding_bf16,
              int64_t vocab_size, int64_t hidden_size)
       : embedding_(embedding),
         embedding_bf16_(embedding_bf16),
@@ -127,7 +126,7 @@ class TiedLmHead final : public LinearLayer {
 
   void Forward(const float* x, int64_t m, float* y) const override {
     if (!embedding_bf16_.empty()) {
-      kernels::GemmBf16Weights(x, embedding_bf16_.data(), y, m, vocab_size_, hidden_size_);
+      embedding_bf16_.Multiply(x, m, y);
     } else {
       kernels::GemmF32(x, embedding_.data(), y, m, vocab_size_, hidden_size_);
     }
@@ -139,7 +138,7 @@ class TiedLmHead final : public LinearLayer {
 
  private:
   const std::vector<float>& embedding_;
-  const kernels::WeightVector<uint16_t>& embedding_bf16_;
+  const kernels::Bf16Matrix& embedding_bf16_;
   int64_t vocab_size_;
   int64_t hidden_size_;
 };
@@ -224,9 +223,7 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Create(const Checkpoint& checkpoin
   ASSIGN_OR_RETURN(const TensorView embedding_view, checkpoint.Tensor(embedding_name));
   if (embedding_view.dtype == DType::kBF16 &&
       embedding_view.shape == std::vector<int64_t>{config.vocab_size, hidden}) {
-    model->embedding_bf16_.resize(static_cast<size_t>(config.vocab_size * hidden));
-    std::memcpy(model->embedding_bf16_.data(), embedding_view.data,
-                model->embedding_bf16_.size() * sizeof(uint16_t));
+    model->embedding_bf16_ = kernels::Bf16Matrix(embedding_view.data, config.vocab_size, hidden);
   } else {
     ASSIGN_OR_RETURN(model->embedding_,
                      checkpoint.LoadFloat32(embedding_name, {config.vocab_size, hidden}));
@@ -308,7 +305,7 @@ std::vector<LinearLayerInfo> Model::LinearLayers() const {
 }
 
 size_t Model::embedding_bytes() const {
-  return embedding_.size() * sizeof(float) + embedding_bf16_.size() * sizeof(uint16_t);
+  return embedding_.size() * sizeof(float) + embedding_bf16_.bytes();
 }
 
 size_t Model::weight_bytes() const {
@@ -492,7 +489,7 @@ void Model::RunChunk(std::span<const ChunkStep> steps, KvCache& cache,
     const ChunkStep& step = steps[static_cast<size_t>(token_step[t])];
     const int32_t token = step.tokens[static_cast<size_t>(token_position[t] - step.start_position)];
     if (!embedding_bf16_.empty()) {
-      kernels::Bf16ToFloat(embedding_bf16_.data() + token * hidden, hidden, x.data() + t * hidden);
+      embedding_bf16_.Row(token, x.data() + t * hidden);
     } else {
       std::memcpy(x.data() + t * hidden, embedding_.data() + token * hidden,
                   static_cast<size_t>(hidden) * sizeof(float));

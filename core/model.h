@@ -11,7 +11,7 @@
 #include "core/checkpoint.h"
 #include "core/linear.h"
 #include "core/model_config.h"
-#include "kernels/weight_memory.h"
+#include "kernels/gemm_bf16.h"
 
 namespace w8a8 {
 
@@ -103,7 +103,7 @@ class Model {
   // [vocab, hidden] in exactly one of two forms: BF16 when the checkpoint stores it in BF16
   // (which halves its memory and the bytes a tied lm_head reads), else FP32.
   std::vector<float> embedding_;
-  kernels::WeightVector<uint16_t> embedding_bf16_;
+  kernels::Bf16Matrix embedding_bf16_;
   std::vector<float> final_norm_;
   // With tied embeddings, lm_head_ reads embedding_ and reports 0 weight bytes of its own.
   std::unique_ptr<LinearLayer> lm_head_;

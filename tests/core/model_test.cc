@@ -374,6 +374,7 @@ TEST(ModelTest, PlanQuantizesTiedLmHeadFromEmbedding) {
 TEST(ModelTest, Bf16EmbeddingStaysBf16WithSameLogits) {
   ModelConfig config = SmallConfig();
   config.tie_word_embeddings = true;
+  ASSERT_EQ(config.vocab_size, 40);
   auto bf16 = RandomCheckpoint(config, 12);
   bf16->Remove("lm_head.weight");
   const std::vector<float> embedding = bf16->Data("model.embed_tokens.weight");
@@ -391,13 +392,16 @@ TEST(ModelTest, Bf16EmbeddingStaysBf16WithSameLogits) {
   ASSERT_TRUE(bf16_model.ok()) << bf16_model.status();
   ASSERT_TRUE(fp32_model.ok()) << fp32_model.status();
   const size_t elements = static_cast<size_t>(config.vocab_size * config.hidden_size);
-  EXPECT_EQ((*bf16_model)->embedding_bytes(), elements * sizeof(uint16_t));
+  // The BF16 matrix pads its 40 rows to two tiles of 32.
+  const size_t bf16_bytes = 64 * static_cast<size_t>(config.hidden_size) * sizeof(uint16_t);
+  EXPECT_EQ((*bf16_model)->embedding_bytes(), bf16_bytes);
   EXPECT_EQ((*fp32_model)->embedding_bytes(), elements * sizeof(float));
   EXPECT_EQ((*fp32_model)->weight_bytes() - (*bf16_model)->weight_bytes(),
-            elements * sizeof(uint16_t));
+            elements * sizeof(float) - bf16_bytes);
 
-  // Rows of 1, 5 and 17 logits cover the in-register product, with one and two passes over x,
-  // and the converted-block product.
+  // Rows of 1, 5 and 17 logits cover a pass over 8 tiles (2 of them real), a pass of 5 rows
+  // over one tile and three passes of 6, 6 and 5 rows on the AVX-512 path, and the plain loop
+  // and the converted blocks on the others.
   for (const size_t count : {size_t{1}, size_t{5}, size_t{17}}) {
     const std::vector<int32_t> prompt(kPrompt.begin(), kPrompt.begin() + 18);
     const std::vector<float> expected = RunInPieces(**fp32_model, prompt, count, Iota(5), 4, 5);

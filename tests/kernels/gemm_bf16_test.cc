@@ -26,37 +26,83 @@ double Bf16AsDouble(uint16_t value) {
   return result;
 }
 
-TEST(GemmBf16Test, ConversionIsExact) {
+TEST(Bf16MatrixTest, RowsConvertExactly) {
   const std::vector<float> values = {0.0f,   -0.0f,    1.0f,     -2.5f,    3.140625f,  1e-30f,
                                      -7e20f, INFINITY, 65504.0f, 0.15625f, -1.0f / 64, 1e38f,
                                      3.0f,   -4.0f,    5.0f,     6.0f,     7.0f,       8.0f};
   std::vector<uint16_t> bf16;
   for (float value : values) bf16.push_back(ToBf16Truncated(value));
-  std::vector<float> out(values.size(), -1.0f);
-  Bf16ToFloat(bf16.data(), static_cast<int64_t>(bf16.size()), out.data());
-  for (size_t i = 0; i < values.size(); ++i) {
-    EXPECT_EQ(out[i], static_cast<float>(Bf16AsDouble(bf16[i]))) << "value " << values[i];
+  // The same values as 1 row, as 2 rows of an odd 9 columns, and as 18 rows of 1 column.
+  for (int64_t cols : {18, 9, 1}) {
+    const int64_t rows = static_cast<int64_t>(values.size()) / cols;
+    const Bf16Matrix matrix(bf16.data(), rows, cols);
+    for (int64_t row = 0; row < rows; ++row) {
+      std::vector<float> out(static_cast<size_t>(cols), -1.0f);
+      matrix.Row(row, out.data());
+      for (int64_t col = 0; col < cols; ++col) {
+        const size_t i = static_cast<size_t>(row * cols + col);
+        EXPECT_EQ(out[static_cast<size_t>(col)], static_cast<float>(Bf16AsDouble(bf16[i])))
+            << "value " << values[i] << " as row " << row << " of " << rows;
+      }
+    }
   }
+  // 70 rows span three tiles.
+  std::vector<uint16_t> many(70 * 3);
+  for (size_t i = 0; i < many.size(); ++i) many[i] = ToBf16Truncated(float(i) - 100.0f);
+  const Bf16Matrix tall(many.data(), 70, 3);
+  for (int64_t row = 0; row < 70; ++row) {
+    std::vector<float> out(3);
+    tall.Row(row, out.data());
+    for (int64_t col = 0; col < 3; ++col) {
+      EXPECT_EQ(out[static_cast<size_t>(col)], float(row * 3 + col) - 100.0f) << row << ", " << col;
+    }
+  }
+
+  const Bf16Matrix one_row(bf16.data(), 1, 18);
+  std::vector<float> out(18);
+  one_row.Row(0, out.data());
   // These values have at most 8 significant bits, so BF16 keeps them unchanged.
   EXPECT_EQ(out[2], 1.0f);
   EXPECT_EQ(out[3], -2.5f);
   EXPECT_EQ(out[4], 3.140625f);
 }
 
-TEST(GemmBf16Test, EveryIsaMatchesDoublePrecision) {
+TEST(Bf16MatrixTest, UnalignedValuesPackLikeAlignedOnes) {
+  std::vector<uint16_t> bf16(5 * 7);
+  for (size_t i = 0; i < bf16.size(); ++i) bf16[i] = ToBf16Truncated(0.5f * float(i) - 3.0f);
+  std::vector<unsigned char> shifted(bf16.size() * 2 + 1);
+  std::memcpy(shifted.data() + 1, bf16.data(), bf16.size() * 2);
+  const Bf16Matrix aligned(bf16.data(), 5, 7);
+  const Bf16Matrix unaligned(shifted.data() + 1, 5, 7);
+  for (int64_t row = 0; row < 5; ++row) {
+    std::vector<float> a(7), b(7);
+    aligned.Row(row, a.data());
+    unaligned.Row(row, b.data());
+    EXPECT_EQ(a, b) << "row " << row;
+  }
+}
+
+TEST(Bf16MatrixTest, EveryIsaMatchesDoublePrecision) {
   struct Shape {
     int64_t m, n, k;
   };
-  // m <= 16 runs in registers, up to 4 rows of x per pass over tiles of 8 (m = 1) or 4 rows of
-  // w.
-  // Larger m converts blocks of 1024 rows, and n = 1030 crosses a block. k covers part of a
-  // 32-input step, one step and several, and n ends inside a tile.
-  std::vector<Shape> shapes = {{1, 1, 1},    {1, 37, 17}, {2, 9, 64},     {3, 5, 33},
-                               {4, 130, 70}, {5, 7, 16},  {7, 5, 31},     {8, 11, 100},
-                               {9, 10, 40},  {12, 3, 65}, {16, 6, 20},    {17, 1030, 40},
-                               {1, 1030, 129}, {3, 5, 0}};
-  // Every m up to 16, so every pass size runs with the tile width that its m selects.
-  for (int64_t m = 1; m <= 16; ++m) shapes.push_back({m, 19, 45});
+  // Tiles contain 32 rows of the matrix, so n = 1, 37, 130 and 1030 end inside a tile, and odd
+  // k leaves a last column without a partner. m = 1 runs 8 tiles at a time, m = 2 four, m = 3
+  // and 4 two, and larger m one tile in passes of at most 8 rows of x: m = 17 in passes of 6, 6
+  // and 5 rows, m = 24 and 40 in three and five passes of 8. On the other paths, m > 16 converts
+  // blocks of 1024 rows (n = 1030 crosses one) for GemmF32.
+  std::vector<Shape> shapes = {{1, 1, 1},     {1, 37, 17},   {2, 9, 64},    {3, 5, 33},
+                               {4, 130, 70},  {5, 7, 16},    {7, 5, 31},    {8, 11, 100},
+                               {9, 10, 40},   {12, 3, 65},   {16, 6, 20},   {17, 1030, 40},
+                               {1, 1030, 129}, {3, 5, 0},    {24, 70, 3},   {40, 33, 2},
+                               {1, 200, 2},   {2, 129, 1},  {1, 300, 5}};
+  // n = 256 and 64 fill their last tile, and n = 57 fills the first half of it. With k = 8192
+  // and 2048, m = 17 and 65 run two blocks of rows of x (16 + 1 and 64 + 1).
+  shapes.insert(shapes.end(), {{1, 256, 5}, {5, 64, 3}, {1, 57, 7}, {17, 40, 8192},
+                               {65, 33, 2048}});
+  // Every m up to 16, so every pass size runs with the tile count that its m selects. The last
+  // tile has 25 rows, so its second half of 16 is partial.
+  for (int64_t m = 1; m <= 16; ++m) shapes.push_back({m, 121, 45});
   std::mt19937 engine(3);
   std::normal_distribution<float> normal(0.0f, 1.0f);
   for (Isa isa : SupportedIsas()) {
@@ -65,8 +111,11 @@ TEST(GemmBf16Test, EveryIsaMatchesDoublePrecision) {
       for (float& value : x) value = normal(engine);
       std::vector<uint16_t> w(static_cast<size_t>(shape.n * shape.k));
       for (uint16_t& value : w) value = ToBf16Truncated(normal(engine));
+      const Bf16Matrix matrix(w.data(), shape.n, shape.k);
+      ASSERT_EQ(matrix.rows(), shape.n);
+      ASSERT_EQ(matrix.cols(), shape.k);
       std::vector<float> y(static_cast<size_t>(shape.m * shape.n), NAN);
-      GemmBf16Weights(isa, x.data(), w.data(), y.data(), shape.m, shape.n, shape.k);
+      matrix.Multiply(isa, x.data(), shape.m, y.data());
       const std::string context = std::string(IsaName(isa)) + " m=" + std::to_string(shape.m) +
                                   " n=" + std::to_string(shape.n) + " k=" + std::to_string(shape.k);
       for (int64_t r = 0; r < shape.m; ++r) {
@@ -78,7 +127,10 @@ TEST(GemmBf16Test, EveryIsaMatchesDoublePrecision) {
             expected += term;
             magnitude += std::fabs(term);
           }
-          ASSERT_NEAR(y[r * shape.n + c], expected, 1e-6 * magnitude + 1e-6)
+          // A sum of k products in FP32 is within k units of rounding of the sum of their
+          // magnitudes.
+          const double tolerance = double(shape.k + 1) * 0x1p-24 * magnitude;
+          ASSERT_NEAR(y[r * shape.n + c], expected, tolerance)
               << context << " at " << r << ", " << c;
         }
       }
