@@ -490,9 +490,8 @@ absl::StatusOr<LinearFactory> CompressedTensorsLinearFactory(const Checkpoint& c
         if (group == nullptr) {
           if (IsSharedLmHead(checkpoint, name)) return std::unique_ptr<LinearLayer>();
           ASSIGN_OR_RETURN(const std::string tensor_name, WeightTensorName(checkpoint, name));
-          ASSIGN_OR_RETURN(std::vector<float> weight,
-                           checkpoint.LoadFloat32(tensor_name, {out_features, in_features}));
-          return MakeFp32Linear(std::move(weight), out_features, in_features);
+          return LoadUnquantizedLinear(checkpoint, name, tensor_name, out_features,
+                                       in_features);
         }
         ASSIGN_OR_RETURN(
             const QuantizedWeight weight,

@@ -40,6 +40,17 @@ class LinearLayer {
 std::unique_ptr<LinearLayer> MakeFp32Linear(std::vector<float> weight, int64_t out_features,
                                             int64_t in_features);
 
+// Builds the unquantized layer `name` from the checkpoint tensor `tensor_name` of shape
+// [out_features, in_features]. A BF16 "lm_head" stays BF16 (kernels::Bf16Matrix): a decode
+// step reads half the bytes of FP32, and BF16 widens to FP32 exactly. Its scheme is "fp32",
+// like every unquantized layer. Other layers and other dtypes load as FP32, because the BF16
+// product is measured against GemmF32 only on the output projection.
+absl::StatusOr<std::unique_ptr<LinearLayer>> LoadUnquantizedLinear(const Checkpoint& checkpoint,
+                                                                   const std::string& name,
+                                                                   const std::string& tensor_name,
+                                                                   int64_t out_features,
+                                                                   int64_t in_features);
+
 // Builds the linear layer `name` ("model.layers.0.self_attn.q_proj", without ".weight") of
 // shape [out_features, in_features] from a checkpoint. The model calls it once per layer, in
 // order, so a factory can stream from a memory-mapped source. For "lm_head" of a checkpoint

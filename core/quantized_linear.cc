@@ -186,11 +186,12 @@ LinearFactory LinearFactoryForQuantPlan(const QuantPlan& plan) {
     if (full_precision && IsSharedLmHead(checkpoint, name)) {
       return std::unique_ptr<LinearLayer>();
     }
+    if (full_precision) {
+      ASSIGN_OR_RETURN(const std::string tensor_name, WeightTensorName(checkpoint, name));
+      return LoadUnquantizedLinear(checkpoint, name, tensor_name, out_features, in_features);
+    }
     ASSIGN_OR_RETURN(std::vector<float> weight,
                      LoadWeight(checkpoint, name, out_features, in_features));
-    if (full_precision) {
-      return MakeFp32Linear(std::move(weight), out_features, in_features);
-    }
     absl::StatusOr<QuantizedWeight> quantized =
         QuantizeWeight(weight, out_features, in_features, layer->scheme, layer->group_size);
     if (!quantized.ok()) {

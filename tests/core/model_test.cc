@@ -413,6 +413,53 @@ TEST(ModelTest, Bf16EmbeddingStaysBf16WithSameLogits) {
   }
 }
 
+TEST(ModelTest, UntiedBf16LmHeadStaysBf16WithSameLogits) {
+  ModelConfig config = SmallConfig();
+  ASSERT_FALSE(config.tie_word_embeddings);
+  ASSERT_EQ(config.vocab_size, 40);
+  auto bf16 = RandomCheckpoint(config, 13);
+  const std::vector<int64_t> shape = {config.vocab_size, config.hidden_size};
+  bf16->AddBf16("lm_head.weight", shape, bf16->Data("lm_head.weight"));
+  // The same values in FP32, and the same BF16 values in a layer that is not the lm_head.
+  auto fp32 = RandomCheckpoint(config, 13);
+  absl::StatusOr<std::vector<float>> widened = bf16->LoadFloat32("lm_head.weight", shape);
+  ASSERT_TRUE(widened.ok()) << widened.status();
+  fp32->Data("lm_head.weight") = *widened;
+  const std::vector<int64_t> down_shape = {config.hidden_size, config.intermediate_size};
+  bf16->AddBf16("model.layers.0.mlp.down_proj.weight", down_shape,
+                bf16->Data("model.layers.0.mlp.down_proj.weight"));
+  absl::StatusOr<std::vector<float>> down =
+      bf16->LoadFloat32("model.layers.0.mlp.down_proj.weight", down_shape);
+  ASSERT_TRUE(down.ok()) << down.status();
+  fp32->Data("model.layers.0.mlp.down_proj.weight") = *down;
+
+  // Every layer unquantized, as a plan leaves the lm_head unless it names it.
+  auto bf16_model = Model::Create(*bf16, LinearFactoryForQuantPlan(QuantPlan{}));
+  auto fp32_model = Model::Create(*fp32, LinearFactoryForQuantPlan(QuantPlan{}));
+  ASSERT_TRUE(bf16_model.ok()) << bf16_model.status();
+  ASSERT_TRUE(fp32_model.ok()) << fp32_model.status();
+  const LinearLayerInfo head = (*bf16_model)->LinearLayers().back();
+  EXPECT_EQ(head.name, "lm_head");
+  EXPECT_EQ(head.scheme, "fp32");
+  // 40 rows padded to two tiles of 32, at 2 bytes each.
+  EXPECT_EQ(head.weight_bytes, 64 * static_cast<size_t>(config.hidden_size) * sizeof(uint16_t));
+  EXPECT_EQ((*fp32_model)->LinearLayers().back().weight_bytes,
+            static_cast<size_t>(config.vocab_size * config.hidden_size) * sizeof(float));
+  // Only the lm_head keeps BF16: down_proj loads as FP32 from either checkpoint.
+  EXPECT_EQ((*bf16_model)->weight_bytes() - head.weight_bytes,
+            (*fp32_model)->weight_bytes() - (*fp32_model)->LinearLayers().back().weight_bytes);
+
+  for (const size_t count : {size_t{1}, size_t{5}, size_t{17}}) {
+    const std::vector<int32_t> prompt(kPrompt.begin(), kPrompt.begin() + 18);
+    const std::vector<float> expected = RunInPieces(**fp32_model, prompt, count, Iota(5), 4, 5);
+    const std::vector<float> actual = RunInPieces(**bf16_model, prompt, count, Iota(5), 4, 5);
+    ASSERT_EQ(actual.size(), expected.size());
+    for (size_t i = 0; i < expected.size(); ++i) {
+      ASSERT_NEAR(actual[i], expected[i], 1e-5f * (1.0f + std::abs(expected[i]))) << i;
+    }
+  }
+}
+
 TEST(ModelTest, DecodeOneByOneMatchesPrefill) {
   auto checkpoint = RandomCheckpoint(SmallConfig(), 3);
   auto model = Model::Create(*checkpoint, Fp32LinearFactory());
