@@ -11,12 +11,12 @@
 
 namespace w8a8::kernels {
 
-// A [rows, cols] BF16 matrix, such as a tied embedding that is also the output projection,
-// stored for products with few rows of activations.
+// A [rows, cols] BF16 matrix, such as an output projection (a tied embedding or a separate
+// lm_head), stored for products with few rows of activations.
 //
 // Each tile of 32 rows is one contiguous block. Inside it, the values come in pairs of
 // columns: for pair p, the 32 rows each give columns 2p and 2p + 1 as two adjacent BF16
-// values, which is 128 bytes, two 64-byte lines. One 64-byte load then holds 16 rows x 2
+// values, which is 128 bytes, two 64-byte lines. One 64-byte load then contains 16 rows x 2
 // columns. Widening a 32-bit lane to FP32 by a 16-bit shift gives column 2p of 16 rows, and
 // clearing its low half gives column 2p + 1, so the product runs as outer products: one
 // input of x, broadcast, times 16 rows of the matrix, added to 16 outputs. No horizontal sum

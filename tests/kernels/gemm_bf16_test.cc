@@ -54,7 +54,8 @@ TEST(Bf16MatrixTest, RowsConvertExactly) {
     std::vector<float> out(3);
     tall.Row(row, out.data());
     for (int64_t col = 0; col < 3; ++col) {
-      EXPECT_EQ(out[static_cast<size_t>(col)], float(row * 3 + col) - 100.0f) << row << ", " << col;
+      EXPECT_EQ(out[static_cast<size_t>(col)], float(row * 3 + col) - 100.0f)
+          << row << ", " << col;
     }
   }
 
