@@ -18,9 +18,9 @@ namespace w8a8::kernels {
 // columns: for pair p, the 32 rows each give columns 2p and 2p + 1 as two adjacent BF16
 // values, which is 128 bytes, two 64-byte lines. One 64-byte load then contains 16 rows x 2
 // columns. Widening a 32-bit lane to FP32 by a 16-bit shift gives column 2p of 16 rows, and
-// clearing its low half gives column 2p + 1, so the product runs as outer products: one
-// input of x, broadcast, times 16 rows of the matrix, added to 16 outputs. No horizontal sum
-// is needed, and each input of x is loaded once for 32 rows of the matrix.
+// clearing its low half gives column 2p + 1. So the product runs as outer products: one input
+// of x, broadcast, times 16 rows of the matrix, added to 16 outputs. No horizontal sum is
+// needed, and each input of x is loaded once for 32 rows of the matrix.
 // Rows past the last row and the column past an odd last column are zero.
 class Bf16Matrix {
  public:
