@@ -19,14 +19,17 @@
 #include <cstring>
 #include <memory>
 #include <random>
+#include <span>
 #include <string>
 #include <vector>
 
+#include "absl/status/statusor.h"
 #include "benchmark/benchmark.h"
 #include "kernels/cpu_features.h"
 #include "kernels/fused.h"
 #include "kernels/gemm.h"
 #include "kernels/gemm_bf16.h"
+#include "kernels/onednn_int8_matmul.h"
 #include "tools/bench_common.h"
 
 namespace w8a8::kernels {
@@ -63,14 +66,31 @@ class ScopedThreads {
   int saved_;
 };
 
+// Per-channel weights for oneDNN's int8 matmul alone, as PerChannelAvx512Matmul builds it
+// beside the packed loop, for comparing the two at any m.
+absl::StatusOr<std::unique_ptr<Int8Matmul>> CreateOneDnnOnly(std::span<const int8_t> weights,
+                                                             int64_t n, int64_t k,
+                                                             std::span<const float> scales) {
+  std::vector<int32_t> compensation(n);
+  for (int64_t row = 0; row < n; ++row) {
+    int32_t sum = 0;
+    for (int64_t col = 0; col < k; ++col) sum += weights[row * k + col];
+    compensation[row] = -128 * sum;
+  }
+  auto onednn = internal::CreateOneDnnInt8Matmul(weights, n, k, scales, compensation);
+  if (!onednn.ok()) return onednn.status();
+  return std::unique_ptr<Int8Matmul>(std::move(onednn).value());
+}
+
 // Int8Matmul on one shape with `threads` OpenMP threads (0: the default). group_size 0 is
-// per-channel, which Int8Matmul dispatches to oneDNN or the packed VNNI loop by m. group_size k
-// is numerically the same per-channel product, and always runs the packed loop. Cold runs cycle
-// through enough copies of the weights (1 GiB) that every product reads them from DRAM.
-// GB/s counts the int8 weights plus the 8 bytes (int32 compensation and FP32 scale) that the
-// packed loop reads per output row and group, the activations and the outputs.
+// per-channel, which Int8Matmul dispatches to oneDNN or the packed VNNI loop by m; with
+// `onednn_only` it always runs oneDNN. group_size k is numerically the same per-channel
+// product, and always runs the packed loop. Cold runs cycle through enough copies of the
+// weights (1 GiB) that every product reads them from DRAM. GB/s counts the int8 weights plus
+// the 8 bytes (int32 compensation and FP32 scale) that the packed loop reads per output row
+// and group, the activations and the outputs.
 void BenchInt8(benchmark::State& state, LinearShape shape, int64_t m, int64_t group_size,
-               bool cold, int threads) {
+               bool cold, int threads, bool onednn_only) {
   const ScopedThreads scoped_threads(threads);
   const int64_t n = shape.n, k = shape.k;
   const int64_t groups = group_size == 0 ? 1 : (k + group_size - 1) / group_size;
@@ -79,7 +99,8 @@ void BenchInt8(benchmark::State& state, LinearShape shape, int64_t m, int64_t gr
   const std::vector<float> scales(n * groups, 0.01f);
   std::vector<std::unique_ptr<Int8Matmul>> matrices;
   for (int64_t copy = 0; copy < copies; ++copy) {
-    auto matmul = Int8Matmul::Create(weights, n, k, scales, group_size);
+    auto matmul = onednn_only ? CreateOneDnnOnly(weights, n, k, scales)
+                              : Int8Matmul::Create(weights, n, k, scales, group_size);
     if (!matmul.ok()) {
       state.SkipWithError(std::string(matmul.status().message()).c_str());
       return;
@@ -273,10 +294,11 @@ std::string ThreadsSuffix(int threads) {
 }
 
 void RegisterInt8(const std::string& label, LinearShape shape, int64_t m, int64_t group_size,
-                  bool cold, int threads) {
+                  bool cold, int threads, bool onednn_only = false) {
   const std::string name = label + (cold ? "/cold/" : "/") + ShapeName(shape) +
                            "/m=" + std::to_string(m) + ThreadsSuffix(threads);
-  benchmark::RegisterBenchmark(name.c_str(), BenchInt8, shape, m, group_size, cold, threads)
+  benchmark::RegisterBenchmark(name.c_str(), BenchInt8, shape, m, group_size, cold, threads,
+                               onednn_only)
       ->Unit(benchmark::kMicrosecond)
       ->UseRealTime();
 }
@@ -301,12 +323,11 @@ void RegisterAll() {
       }
     }
     // Batched decode, warm and from DRAM: the per-channel dispatch (the packed loop up to
-    // m = 4 with AMX, m = 16 without, oneDNN above) against the packed loop (per-channel
-    // numerics with group_size k).
+    // m = 16) against oneDNN alone.
     for (int64_t m : {2, 4, 8, 12, 16}) {
       for (bool cold : {false, true}) {
         RegisterInt8("Int8PerChannel", shape, m, 0, cold, 0);
-        RegisterInt8("Int8PerRowPacked", shape, m, shape.k, cold, 0);
+        RegisterInt8("Int8OneDnn", shape, m, 0, cold, 0, /*onednn_only=*/true);
       }
     }
     // Prefill.

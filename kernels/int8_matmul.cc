@@ -116,21 +116,13 @@ class PackedInt8Matmul final : public Int8Matmul {
 
 // Per-channel weights on AVX-512: the one place that picks oneDNN's int8 matmul or the packed
 // VNNI loop, by m. The packed loop reads the weights from memory once for up to 16 rows
-// (RunPackedAvx512), so it wins where the product is bound by reading them.
-// With AMX, measured with bench/kernel_bench.cc on a 2-core Xeon (2 MiB L2 per core),
-// oneDNN 2.6, before the packed loop served more than 6 rows in one pass:
-//   m = 1: the packed loop was 1.3x (weights in cache) to 1.6x (from DRAM) faster on
-//   2048 x 2048, one thread.
-//   m = 2 and 4: the packed loop was 1.2 to 1.4x faster for 4 MiB of weights or more (CPU
-//   time, weights in cache). On 512 x 2048 (1 MiB) it is 1.34 to 1.48x faster from DRAM,
-//   while oneDNN is 1.1x faster at m = 4 with those weights in cache.
-//   m = 8, weights from DRAM: 0.93 to 1.18x either way by shape, and 8-sequence decode of
-//   Llama-3.2-1B within 2% either way (bench --suite model), so oneDNN keeps it.
-//   m >= 16: oneDNN is 1.7 to 3.1x faster.
-// Without AMX (oneDNN on vpdpbusd), on a 2-core Ice Lake Xeon (1.25 MiB L2 per core), the
-// packed loop was 1.3 to 1.4x faster from DRAM at m = 16 on the four Llama-3.2-1B shapes, and
-// 0.96 to 1.3x as fast with the weights in cache. At m = 64 oneDNN was as fast or up to 1.4x
-// faster.
+// (RunPackedAvx512), so it wins where the product is bound by reading them. Measured with
+// bench/kernel_bench.cc from DRAM on the four Llama-3.2-1B shapes, 2 threads, oneDNN 2.6:
+//   With AMX (2-core Xeon, 2 MiB L2 per core): the packed loop was 1.06 to 1.72x faster at
+//   m = 8, 12 and 16.
+//   Without AMX (oneDNN on vpdpbusd, 2-core Ice Lake Xeon, 1.25 MiB L2 per core): the packed
+//   loop was 1.3 to 1.4x faster at m = 16, and 0.96 to 1.3x as fast with the weights in cache.
+//   At m = 64 oneDNN was as fast or up to 1.4x faster.
 // Where oneDNN has only its reference implementation for m, the packed loop runs instead.
 // With k a multiple of 64, oneDNN reads the packed weights in place (see int8_packed.h), with
 // or without AMX, so the weights are stored once. With another k oneDNN keeps its own copy.
@@ -139,11 +131,10 @@ class PerChannelAvx512Matmul final : public Int8Matmul {
   PerChannelAvx512Matmul(std::unique_ptr<PackedInt8Matmul> packed,
                          std::unique_ptr<internal::OneDnnInt8Matmul> onednn)
       : packed_(std::move(packed)),
-        onednn_(std::move(onednn)),
-        packed_max_rows_(internal::OneDnnUsesAmx() ? 4 : 16) {}
+        onednn_(std::move(onednn)) {}
 
   void Run(const int8_t* xq, const float* x_scales, int64_t m, float* y) const override {
-    if (m <= packed_max_rows_ || !onednn_->Accelerated(m)) {
+    if (m <= kPackedMaxRows || !onednn_->Accelerated(m)) {
       packed_->Run(xq, x_scales, m, y);
     } else {
       onednn_->Run(xq, x_scales, m, y);
@@ -162,7 +153,7 @@ class PerChannelAvx512Matmul final : public Int8Matmul {
   std::unique_ptr<PackedInt8Matmul> packed_;
   std::unique_ptr<internal::OneDnnInt8Matmul> onednn_;
   // The packed loop serves products of up to this many rows.
-  int64_t packed_max_rows_;
+  static constexpr int64_t kPackedMaxRows = 16;
 };
 
 absl::Status ValidateInt8Weights(std::span<const int8_t> weights, int64_t n, int64_t k,

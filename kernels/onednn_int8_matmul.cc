@@ -183,12 +183,6 @@ class OneDnnInt8MatmulImpl final : public OneDnnInt8Matmul {
 
 }  // namespace
 
-bool OneDnnUsesAmx() {
-  static const bool uses_amx =
-      dnnl::get_effective_cpu_isa() >= dnnl::cpu_isa::avx512_core_amx;
-  return uses_amx;
-}
-
 absl::StatusOr<std::unique_ptr<OneDnnInt8Matmul>> CreateOneDnnInt8Matmul(
     std::span<const int8_t> weights, int64_t n, int64_t k, std::span<const float> scales,
     std::span<const int32_t> compensation, std::span<const int8_t> shared_layout) {

@@ -29,9 +29,6 @@ class OneDnnInt8Matmul : public Int8Matmul {
   virtual bool SharesWeights() const = 0;
 };
 
-// Returns true when oneDNN's int8 matmul runs on AMX tiles on this CPU. Computed once.
-bool OneDnnUsesAmx();
-
 // The weights take the layout oneDNN picks for a 16-row product. When that layout is
 // BA16a64b4a of the [k, n] matrix and `shared_layout` contains exactly its bytes (the packed
 // per-channel layout of int8_packed.h for k a multiple of 64), the matmul reads

@@ -211,9 +211,8 @@ TEST(Int8Matmul, ManyShortGroupsAreExact) {
   }
 }
 
-// Per-channel weights on AVX-512 take the packed loop for m <= 4 where oneDNN uses AMX, for
-// m <= 16 where it does not, and oneDNN for larger m. Both sides of that switch must agree
-// with the reference.
+// Per-channel weights on AVX-512 take the packed loop for m <= 16 and oneDNN for larger m.
+// Both sides of that switch must agree with the reference.
 TEST(Int8Matmul, PerChannelBatchDispatchIsExact) {
   uint32_t seed = 9800;
   for (int64_t m : {2, 4, 5, 16, 17}) {
