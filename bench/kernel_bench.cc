@@ -140,8 +140,9 @@ void BenchF32(benchmark::State& state, LinearShape shape, int64_t m, bool cold) 
 
 // Bf16Matrix::Multiply on the tied output matrix of Llama-3.2-1B (vocabulary 128256 x hidden
 // 2048, 501 MiB), which alone exceeds the last-level cache, so every product reads it from
-// DRAM. GB/s counts the BF16 weights, the FP32 activations and the outputs.
-void BenchBf16LmHead(benchmark::State& state, int64_t m) {
+// DRAM. GB/s counts the BF16 weights, the FP32 activations and the outputs. With `allow_amx`
+// false the product keeps to the FP32 arithmetic of the ISA path even where AMX is usable.
+void BenchBf16LmHead(benchmark::State& state, int64_t m, bool allow_amx) {
   constexpr int64_t n = 128256, k = 2048;
   std::vector<uint16_t> weights(n * k);
   std::mt19937 engine(5);
@@ -157,7 +158,7 @@ void BenchBf16LmHead(benchmark::State& state, int64_t m) {
   const std::vector<float> x = RandomFloats(m * k, 99);
   std::vector<float> y(m * n);
   for (auto _ : state) {
-    matrix.Multiply(x.data(), m, y.data());
+    matrix.Multiply(ActiveIsa(), x.data(), m, y.data(), allow_amx);
     benchmark::DoNotOptimize(y.data());
   }
   SetCounters(state, 2.0 * m * n * k, 2.0 * double(n * k) + 4.0 * double(m * k + m * n));
@@ -353,11 +354,17 @@ void RegisterAll() {
       }
     }
   }
-  for (int64_t m : {1, 2, 4, 8, 16, 64, 512}) {
+  for (int64_t m : {1, 2, 4, 6, 8, 16, 64, 512}) {
     benchmark::RegisterBenchmark(("Bf16LmHead/m=" + std::to_string(m)).c_str(), BenchBf16LmHead,
-                                 m)
+                                 m, /*allow_amx=*/true)
         ->Unit(benchmark::kMillisecond)
         ->UseRealTime();
+    if (AmxBf16Usable()) {
+      benchmark::RegisterBenchmark(("Bf16LmHeadNoAmx/m=" + std::to_string(m)).c_str(),
+                                   BenchBf16LmHead, m, /*allow_amx=*/false)
+          ->Unit(benchmark::kMillisecond)
+          ->UseRealTime();
+    }
   }
   for (int64_t m : {int64_t{1}, int64_t{512}}) {
     for (int64_t k : {int64_t{2048}, int64_t{8192}}) {
@@ -381,6 +388,7 @@ int main(int argc, char** argv) {
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::AddCustomContext("isa", std::string(w8a8::kernels::IsaName(w8a8::kernels::ActiveIsa())));
+  benchmark::AddCustomContext("amx_bf16", w8a8::kernels::AmxBf16Usable() ? "usable" : "no");
   benchmark::AddCustomContext("omp_threads", std::to_string(omp_get_max_threads()));
   w8a8::kernels::RegisterAll();
   benchmark::RunSpecifiedBenchmarks();

@@ -1,5 +1,10 @@
 #include "kernels/cpu_features.h"
 
+#include <asm/prctl.h>
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -37,7 +42,25 @@ Isa DetectIsa() {
   return wanted;
 }
 
+bool RequestAmxBf16() {
+  unsigned int eax = 0, ebx = 0, ecx = 0, edx = 0;
+  if (__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx) == 0) return false;
+  // CPUID leaf 7, subleaf 0, EDX: bit 22 is AMX-BF16 and bit 24 AMX-TILE.
+  const bool amx_bf16 = ((edx >> 22) & 1u) != 0;
+  const bool amx_tile = ((edx >> 24) & 1u) != 0;
+  if (!amx_bf16 || !amx_tile) return false;
+  // Feature number 18 is the tile data state. Kernels before Linux 5.16 lack the request and
+  // return an error, and so do kernels that do not enable AMX.
+  constexpr long kXfeatureTileData = 18;
+  return syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, kXfeatureTileData) == 0;
+}
+
 }  // namespace
+
+bool AmxBf16Usable() {
+  static const bool usable = RequestAmxBf16();
+  return usable;
+}
 
 bool CpuSupports(Isa isa) {
   switch (isa) {

@@ -17,6 +17,7 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
 #define W8A8_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,fma")))
+#define W8A8_AMX_BF16 __attribute__((target("amx-tile,amx-bf16")))
 
 namespace w8a8::kernels {
 namespace {
@@ -221,6 +222,108 @@ W8A8_AVX512 void Avx512Multiply(const float* x, int64_t m, int64_t k, int64_t pa
   }
 }
 
+// AMX: each tile instruction multiplies up to 16 rows of x by 16 rows of the matrix over 32
+// columns. A tile of B holds, for 16 pairs of columns, 16 rows of the matrix as two adjacent
+// BF16 values each, which is half of a tile of this layout read with a stride of 128 bytes.
+// The inputs are split into two BF16 parts, x = high + low with high = BF16(x) and low =
+// BF16(x - high), and both go through the same accumulators. Each part has 8 significant
+// bits, so the two leave out at most 2^-16 of |x|. Products of BF16 values are exact in FP32,
+// so each term x * w is off by at most 2^-16 of its magnitude before the FP32 sums, against
+// 2^-24 for GemmF32 and 2^-8 for a product on BF16 inputs alone. AMX adds in FP32 and flushes
+// subnormal values to zero. A third part would keep all 24 bits of x, but the product then
+// took 1.1 to 1.7x as long at m = 8 to 512 (Bf16LmHead in bench/kernel_bench.cc, 2 threads
+// of a Xeon with AMX).
+constexpr int64_t kAmxRows = 16;   // rows of x per tile of A, and of C, at most
+constexpr int64_t kAmxPairs = 16;  // pairs of columns per tile of B
+constexpr int64_t kAmxParts = 2;   // BF16 parts of each input of x
+// From this m on, the product runs on AMX where it can. On the same Xeon (Bf16LmHead against
+// Bf16LmHeadNoAmx), AMX took as long as the AVX-512 product at m = 6 (20 to 21 ms), 1.05 to
+// 1.1x less time at m = 8 and 1.5x less at m = 16, but longer at m = 4 (17 to 17.6 against
+// 15.4 to 16.1 ms), where the AVX-512 product reads two tiles at a time.
+constexpr int64_t kAmxMinRows = 5;
+// Each step prefetches the weights this far ahead into L2. On the same Xeon, AMX took 23 to
+// 24 ms at m = 4, 8 and 16 without the prefetch and 18 to 21 ms with it. Prefetching 1, 4 or
+// 8 KiB ahead, or into L1, was no faster. The address may lie past the end of the matrix,
+// where a prefetch cannot fault.
+constexpr int64_t kAmxPrefetchBytes = 2048;
+
+// The 64-byte operand of ldtilecfg: palette 1, then bytes per row and rows of each tile.
+struct alignas(64) AmxTileConfig {
+  uint8_t palette = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t bytes_per_row[16] = {};
+  uint8_t rows[16] = {};
+};
+
+// Rounds an FP32 value to the nearest BF16 value, ties to even.
+uint16_t RoundToBf16(float value) {
+  uint32_t bits;
+  std::memcpy(&bits, &value, sizeof(bits));
+  bits += 0x7fffu + ((bits >> 16) & 1u);
+  return static_cast<uint16_t>(bits >> 16);
+}
+
+// Computes y, threading with OpenMP over the tiles of the matrix. `parts` contains the two parts
+// of x one after the other, each as `part_values` row-major BF16 values with 2 * pairs
+// columns, zero past column k and, for m > 16, past row m up to a multiple of 16 rows. Tile
+// registers 0 and 1 accumulate the two halves of a tile of the matrix, 2 and 3 hold the parts
+// of x, 4 and 5 the two halves of the matrix. Each tile of the matrix runs every block of up
+// to 16 rows of x in turn, and the blocks after the first read it from cache.
+W8A8_AMX_BF16 void AmxMultiply(const uint16_t* parts, int64_t part_values, int64_t m,
+                               int64_t pairs, const uint16_t* packed, float* y, int64_t n) {
+  const int64_t tiles = (n + kTileRows - 1) / kTileRows;
+  const int64_t block_rows = std::min(kAmxRows, m);
+  const int64_t blocks = (m + block_rows - 1) / block_rows;
+  const int64_t x_stride = 2 * pairs * static_cast<int64_t>(sizeof(uint16_t));
+  AmxTileConfig config;
+  for (int t = 0; t < 6; ++t) {
+    config.bytes_per_row[t] = 64;
+    config.rows[t] = static_cast<uint8_t>(t == 4 || t == 5 ? kAmxPairs : block_rows);
+  }
+#pragma omp parallel
+  {
+    _tile_loadconfig(&config);
+    alignas(64) float sums[2][kAmxRows][16];
+#pragma omp for schedule(static)
+    for (int64_t tile = 0; tile < tiles; ++tile) {
+      const uint16_t* values = packed + tile * pairs * kPairValues;
+      const int64_t first_row = tile * kTileRows;
+      for (int64_t block = 0; block < blocks; ++block) {
+        const uint16_t* high = parts + block * block_rows * 2 * pairs;
+        const uint16_t* low = high + part_values;
+        _tile_zero(0);
+        _tile_zero(1);
+        for (int64_t p = 0; p < pairs; p += kAmxPairs) {
+          const char* ahead = reinterpret_cast<const char*>(values + p * kPairValues) +
+                              kAmxPrefetchBytes;
+          for (int line = 0; line < 32; ++line) _mm_prefetch(ahead + 64 * line, _MM_HINT_T1);
+          _tile_loadd(2, high + 2 * p, x_stride);
+          _tile_loadd(3, low + 2 * p, x_stride);
+          _tile_loadd(4, values + p * kPairValues, 2 * kPairValues);
+          _tile_loadd(5, values + p * kPairValues + 32, 2 * kPairValues);
+          _tile_dpbf16ps(0, 2, 4);
+          _tile_dpbf16ps(1, 2, 5);
+          _tile_dpbf16ps(0, 3, 4);
+          _tile_dpbf16ps(1, 3, 5);
+        }
+        _tile_stored(0, sums[0], 16 * sizeof(float));
+        _tile_stored(1, sums[1], 16 * sizeof(float));
+        const int64_t rows = std::min(block_rows, m - block * block_rows);
+        for (int h = 0; h < 2; ++h) {
+          const int64_t valid = std::min<int64_t>(16, n - first_row - h * 16);
+          if (valid <= 0) continue;
+          for (int64_t r = 0; r < rows; ++r) {
+            std::memcpy(y + (block * block_rows + r) * n + first_row + h * 16, sums[h][r],
+                        sizeof(float) * static_cast<size_t>(valid));
+          }
+        }
+      }
+    }
+    _tile_release();
+  }
+}
+
 }  // namespace
 
 Bf16Matrix::Bf16Matrix(const void* values, int64_t rows, int64_t cols)
@@ -262,13 +365,33 @@ void Bf16Matrix::Multiply(const float* x, int64_t m, float* y) const {
   Multiply(ActiveIsa(), x, m, y);
 }
 
-void Bf16Matrix::Multiply(Isa isa, const float* x, int64_t m, float* y) const {
+void Bf16Matrix::Multiply(Isa isa, const float* x, int64_t m, float* y, bool allow_amx) const {
   if (m <= 0 || rows_ == 0) return;
   if (cols_ == 0) {
     std::fill(y, y + m * rows_, 0.0f);
     return;
   }
   if (isa == Isa::kAvx512Vnni) {
+    if (allow_amx && m >= kAmxMinRows && pairs_ % kAmxPairs == 0 && AmxBf16Usable()) {
+      // The BF16 parts of x, padded with zeros to whole tiles of A.
+      const int64_t padded_rows = m < kAmxRows ? m : (m + kAmxRows - 1) / kAmxRows * kAmxRows;
+      const int64_t padded_cols = 2 * pairs_;
+      const int64_t part_values = padded_rows * padded_cols;
+      thread_local std::vector<uint16_t> parts;
+      parts.assign(static_cast<size_t>(kAmxParts * part_values), 0);
+      for (int64_t r = 0; r < m; ++r) {
+        for (int64_t c = 0; c < cols_; ++c) {
+          float rest = x[r * cols_ + c];
+          for (int64_t part = 0; part < kAmxParts; ++part) {
+            const uint16_t rounded = RoundToBf16(rest);
+            parts[static_cast<size_t>(part * part_values + r * padded_cols + c)] = rounded;
+            rest -= Bf16Value(rounded);
+          }
+        }
+      }
+      AmxMultiply(parts.data(), part_values, m, pairs_, packed_.data(), y, rows_);
+      return;
+    }
     Avx512Multiply(x, m, cols_, pairs_, packed_.data(), y, rows_);
     return;
   }

@@ -39,13 +39,20 @@ class Bf16Matrix {
   void Row(int64_t row, float* out) const;
 
   // Computes y[m, rows] = x[m, cols] * matrix^T with FP32 x and y, both row-major. Thread-safe,
-  // and threads with OpenMP over the tiles of rows. With AVX-512, the matrix is read from
-  // memory once per block of rows of x. A block is as many rows as fit in 512 KiB of inputs (64
-  // rows at 2048 columns), at least 16. Each tile runs the block in passes of up to 8 rows, and
-  // the passes after the first read the tile from cache. On the kAvx2 and kScalar paths, m <= 16
-  // runs a plain loop and larger m converts blocks of 1024 rows to FP32 for GemmF32.
+  // and threads with OpenMP over the tiles of rows.
+  // On kAvx512Vnni with AmxBf16Usable(), m >= 5 and cols a multiple of 32 or one less (every
+  // Llama shape), AMX tiles multiply x, split into two BF16 parts, by the matrix. Each tile of
+  // the matrix is read from memory once for all rows of x. The two parts keep x to within
+  // 2^-16 of its magnitude (FP32 arithmetic: 2^-24), so each output may differ from the FP32
+  // product by up to 2^-16 of the sum of the magnitudes of its terms.
+  // Otherwise on kAvx512Vnni the matrix is read from memory once per block of rows of x. A
+  // block is as many rows as fit in 512 KiB of inputs (64 rows at 2048 columns), at least 16.
+  // Each tile runs the block in passes of up to 8 rows, and the passes after the first read
+  // the tile from cache. On the kAvx2 and kScalar paths, m <= 16 runs a plain loop and larger
+  // m converts blocks of 1024 rows to FP32 for GemmF32.
+  // `allow_amx` false keeps the AVX-512 path (for comparing the two).
   void Multiply(const float* x, int64_t m, float* y) const;
-  void Multiply(Isa isa, const float* x, int64_t m, float* y) const;
+  void Multiply(Isa isa, const float* x, int64_t m, float* y, bool allow_amx = true) const;
 
  private:
   int64_t rows_ = 0;

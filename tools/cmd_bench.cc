@@ -59,6 +59,7 @@ nlohmann::json MachineJson(const MachineCeilings& machine) {
   }
   return {{"threads", machine.threads},
           {"isa", std::string(kernels::IsaName(kernels::ActiveIsa()))},
+          {"amx_bf16", kernels::AmxBf16Usable()},
           {"avx512_probes", machine.avx512},
           {"buffer_bytes", machine.buffer_bytes},
           {"l3_bytes", machine.l3_bytes},

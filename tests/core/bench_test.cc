@@ -10,6 +10,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "kernels/cpu_features.h"
 #include "nlohmann/json.hpp"
 #include "tests/test_util.h"
 
@@ -39,6 +40,8 @@ class BenchCli : public ::testing::Test {
 
 void ExpectMachineFields(const nlohmann::json& machine) {
   EXPECT_GE(Number(machine, "threads"), 1.0);
+  ASSERT_TRUE(machine["amx_bf16"].is_boolean()) << machine.dump();
+  EXPECT_EQ(machine["amx_bf16"].get<bool>(), kernels::AmxBf16Usable());
   // Without AVX-512 VNNI the ceilings are not measured and stay 0.
   if (!machine["avx512_probes"].get<bool>()) return;
   for (const char* ceiling : {"read_gbs", "int8_gops", "fp32_gflops"}) {

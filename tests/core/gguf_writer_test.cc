@@ -22,6 +22,7 @@
 #include "core/tokenizer_files.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "kernels/cpu_features.h"
 #include "nlohmann/json.hpp"
 #include "tests/reference/reference_paths.h"
 #include "tests/test_util.h"
@@ -108,6 +109,12 @@ double MaxAbs(const std::vector<float>& values) {
   return max;
 }
 
+// The source stores the output projection in BF16 and the F32 export in FP32, so their logits
+// differ by the order of the sums. Where AMX is usable, the BF16 product keeps its inputs to
+// 2^-16 of their magnitude (kernels::Bf16Matrix), so the logits may differ by about 2^-16 of
+// their scale.
+double F32ExportTolerance() { return kernels::AmxBf16Usable() ? 2e-5 : 1e-6; }
+
 TEST_F(TinyLlama3, F32ExportGivesTheSourceLogits) {
   const std::vector<float> source = Logits(source_dir());
   const std::vector<float> exported = Logits(Exported(GgufOutType::kF32));
@@ -115,7 +122,7 @@ TEST_F(TinyLlama3, F32ExportGivesTheSourceLogits) {
   ASSERT_EQ(exported.size(), source.size());
   std::printf("f32 export: max |logit difference| %.3g of max |logit| %.3g\n",
               MaxAbsDifference(source, exported), MaxAbs(source));
-  EXPECT_LE(MaxAbsDifference(source, exported), 1e-6);
+  EXPECT_LE(MaxAbsDifference(source, exported), F32ExportTolerance());
 }
 
 TEST_F(TinyLlama3, Bf16ExportOfBf16SourceIsLossless) {
@@ -167,7 +174,7 @@ TEST_F(TinyLlama3, RopeFreqsReproduceStrongRopeScaling) {
   const std::vector<float> expected = Logits(dir);
   const std::vector<float> exported = Logits(dir_->path() / "short-rope.gguf");
   ASSERT_EQ(exported.size(), expected.size());
-  EXPECT_LE(MaxAbsDifference(expected, exported), 1e-6);
+  EXPECT_LE(MaxAbsDifference(expected, exported), F32ExportTolerance());
   EXPECT_GT(MaxAbsDifference(expected, Logits(source_dir())), 1e-4);
 }
 

@@ -5,6 +5,7 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -83,10 +84,49 @@ TEST(Bf16MatrixTest, UnalignedValuesPackLikeAlignedOnes) {
   }
 }
 
+struct Shape {
+  int64_t m, n, k;
+};
+
+// Multiplies random matrices of every shape and compares each output with the product in
+// double precision. The tolerance is units_per_column * k + units units of FP32 rounding
+// (2^-24) times the sum of the magnitudes of the terms.
+void ExpectMatchesDoublePrecision(Isa isa, bool allow_amx, const std::vector<Shape>& shapes,
+                                  double units_per_column, double units) {
+  std::mt19937 engine(3);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (const Shape& shape : shapes) {
+    std::vector<float> x(static_cast<size_t>(shape.m * shape.k));
+    for (float& value : x) value = normal(engine);
+    std::vector<uint16_t> w(static_cast<size_t>(shape.n * shape.k));
+    for (uint16_t& value : w) value = ToBf16Truncated(normal(engine));
+    const Bf16Matrix matrix(w.data(), shape.n, shape.k);
+    ASSERT_EQ(matrix.rows(), shape.n);
+    ASSERT_EQ(matrix.cols(), shape.k);
+    std::vector<float> y(static_cast<size_t>(shape.m * shape.n), NAN);
+    matrix.Multiply(isa, x.data(), shape.m, y.data(), allow_amx);
+    const std::string context = std::string(IsaName(isa)) + (allow_amx ? " with AMX" : "") +
+                                " m=" + std::to_string(shape.m) + " n=" +
+                                std::to_string(shape.n) + " k=" + std::to_string(shape.k);
+    for (int64_t r = 0; r < shape.m; ++r) {
+      for (int64_t c = 0; c < shape.n; ++c) {
+        double expected = 0.0;
+        double magnitude = 0.0;
+        for (int64_t i = 0; i < shape.k; ++i) {
+          const double term = double{x[r * shape.k + i]} * Bf16AsDouble(w[c * shape.k + i]);
+          expected += term;
+          magnitude += std::fabs(term);
+        }
+        const double tolerance =
+            (units_per_column * double(shape.k) + units) * 0x1p-24 * magnitude;
+        ASSERT_NEAR(y[r * shape.n + c], expected, tolerance)
+            << context << " at " << r << ", " << c;
+      }
+    }
+  }
+}
+
 TEST(Bf16MatrixTest, EveryIsaMatchesDoublePrecision) {
-  struct Shape {
-    int64_t m, n, k;
-  };
   // Tiles contain 32 rows of the matrix, so n = 1, 37, 130 and 1030 end inside a tile, and odd
   // k leaves a last column without a partner. m = 1 runs 8 tiles at a time, m = 2 four, m = 3
   // and 4 two, and larger m one tile in passes of at most 8 rows of x: m = 17 in passes of 6, 6
@@ -104,35 +144,63 @@ TEST(Bf16MatrixTest, EveryIsaMatchesDoublePrecision) {
   // Every m up to 16, so every pass size runs with the tile count that its m selects. The last
   // tile has 25 rows, so its second half of 16 is partial.
   for (int64_t m = 1; m <= 16; ++m) shapes.push_back({m, 121, 45});
-  std::mt19937 engine(3);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
   for (Isa isa : SupportedIsas()) {
-    for (const Shape& shape : shapes) {
-      std::vector<float> x(static_cast<size_t>(shape.m * shape.k));
-      for (float& value : x) value = normal(engine);
-      std::vector<uint16_t> w(static_cast<size_t>(shape.n * shape.k));
-      for (uint16_t& value : w) value = ToBf16Truncated(normal(engine));
-      const Bf16Matrix matrix(w.data(), shape.n, shape.k);
-      ASSERT_EQ(matrix.rows(), shape.n);
-      ASSERT_EQ(matrix.cols(), shape.k);
-      std::vector<float> y(static_cast<size_t>(shape.m * shape.n), NAN);
-      matrix.Multiply(isa, x.data(), shape.m, y.data());
-      const std::string context = std::string(IsaName(isa)) + " m=" + std::to_string(shape.m) +
-                                  " n=" + std::to_string(shape.n) + " k=" + std::to_string(shape.k);
-      for (int64_t r = 0; r < shape.m; ++r) {
-        for (int64_t c = 0; c < shape.n; ++c) {
-          double expected = 0.0;
-          double magnitude = 0.0;
-          for (int64_t i = 0; i < shape.k; ++i) {
-            const double term = double{x[r * shape.k + i]} * Bf16AsDouble(w[c * shape.k + i]);
-            expected += term;
-            magnitude += std::fabs(term);
-          }
-          // A sum of k products in FP32 is within k units of rounding of the sum of their
-          // magnitudes.
-          const double tolerance = double(shape.k + 1) * 0x1p-24 * magnitude;
-          ASSERT_NEAR(y[r * shape.n + c], expected, tolerance)
-              << context << " at " << r << ", " << c;
+    // A sum of k products in FP32 is within k units of rounding of the sum of their
+    // magnitudes.
+    ExpectMatchesDoublePrecision(isa, /*allow_amx=*/false, shapes, /*units_per_column=*/1.0,
+                                 /*units=*/1.0);
+  }
+}
+
+TEST(Bf16MatrixTest, AmxMatchesDoublePrecision) {
+  if (!CpuSupports(Isa::kAvx512Vnni) || !AmxBf16Usable()) {
+    GTEST_SKIP() << "AMX BF16 is not usable in this process";
+  }
+  // AMX runs for m >= 5 where k is a multiple of 32, or one less (the zero column past an odd
+  // k completes the last pair). Tiles of x have up to 16 rows, so m = 17 and 40 run two and
+  // three of them, and k = 96 three steps of 32 columns. n = 121 ends in the second half of a
+  // tile, n = 57 in the first half. m <= 4 and k = 45 keep the AVX-512 path.
+  std::vector<Shape> shapes = {{17, 57, 96},  {40, 33, 2048}, {5, 1, 32},    {5, 3, 31},
+                               {20, 70, 63},  {6, 1030, 64},  {17, 40, 8192}, {9, 121, 45}};
+  for (int64_t m = 1; m <= 16; ++m) shapes.push_back({m, 121, 64});
+  // x = high + low + rest with |rest| <= 2^-16 |x|, so each term is off by at most 256 units
+  // of FP32 rounding before the sum, which adds 2k products in FP32.
+  ExpectMatchesDoublePrecision(Isa::kAvx512Vnni, /*allow_amx=*/true, shapes,
+                               /*units_per_column=*/2.0, /*units=*/258.0);
+}
+
+// Each row of the matrix has one power of two, so each output is one input of x times a
+// power of two, which FP32 represents exactly. The FP32 paths must return it exactly, and
+// AMX within 2^-16 of it (its two BF16 parts of x), which fails if a part is dropped.
+TEST(Bf16MatrixTest, ScaledPermutationsAreExact) {
+  constexpr int64_t kN = 37, kK = 64;
+  std::vector<uint16_t> w(kN * kK, ToBf16Truncated(0.0f));
+  std::vector<int64_t> source(kN);
+  std::vector<float> scale(kN);
+  for (int64_t row = 0; row < kN; ++row) {
+    source[row] = row * 7 % kK;
+    scale[row] = std::ldexp(row % 2 == 0 ? 1.0f : -1.0f, static_cast<int>(row % 5) - 2);
+    w[row * kK + source[row]] = ToBf16Truncated(scale[row]);
+  }
+  const Bf16Matrix matrix(w.data(), kN, kK);
+  std::mt19937 engine(4);
+  std::uniform_real_distribution<float> uniform(-3.0f, 3.0f);
+  std::vector<std::pair<Isa, bool>> paths;
+  for (Isa isa : SupportedIsas()) paths.push_back({isa, false});
+  if (CpuSupports(Isa::kAvx512Vnni) && AmxBf16Usable()) paths.push_back({Isa::kAvx512Vnni, true});
+  for (const auto& [isa, allow_amx] : paths) {
+    for (int64_t m : {1, 4, 5, 8, 16, 17, 33}) {
+      std::vector<float> x(static_cast<size_t>(m * kK));
+      for (float& value : x) value = uniform(engine);
+      std::vector<float> y(static_cast<size_t>(m * kN), NAN);
+      matrix.Multiply(isa, x.data(), m, y.data(), allow_amx);
+      for (int64_t r = 0; r < m; ++r) {
+        for (int64_t row = 0; row < kN; ++row) {
+          const float expected = x[r * kK + source[row]] * scale[row];
+          const float tolerance = allow_amx && m >= 5 ? std::ldexp(std::fabs(expected), -16) : 0;
+          ASSERT_NEAR(y[r * kN + row], expected, tolerance)
+              << IsaName(isa) << (allow_amx ? " with AMX" : "") << " m=" << m << " at " << r
+              << ", " << row;
         }
       }
     }
