@@ -66,8 +66,8 @@ class ScopedThreads {
   int saved_;
 };
 
-// Per-channel weights for oneDNN's int8 matmul alone, as PerChannelAvx512Matmul builds it
-// beside the packed loop, for comparing the two at any m.
+// Per-channel weights for oneDNN's int8 matmul alone, for comparing it with the packed loop at
+// any m. oneDNN keeps its own copy of the weights here, not the packed layout.
 absl::StatusOr<std::unique_ptr<Int8Matmul>> CreateOneDnnOnly(std::span<const int8_t> weights,
                                                              int64_t n, int64_t k,
                                                              std::span<const float> scales) {
@@ -354,12 +354,12 @@ void RegisterAll() {
       }
     }
   }
-  for (int64_t m : {1, 2, 4, 6, 8, 16, 64, 512}) {
+  for (int64_t m : {1, 2, 4, 5, 6, 7, 8, 16, 64, 512}) {
     benchmark::RegisterBenchmark(("Bf16LmHead/m=" + std::to_string(m)).c_str(), BenchBf16LmHead,
                                  m, /*allow_amx=*/true)
         ->Unit(benchmark::kMillisecond)
         ->UseRealTime();
-    if (AmxBf16Usable()) {
+    if (ActiveIsa() == Isa::kAvx512Vnni && AmxBf16Usable()) {
       benchmark::RegisterBenchmark(("Bf16LmHeadNoAmx/m=" + std::to_string(m)).c_str(),
                                    BenchBf16LmHead, m, /*allow_amx=*/false)
           ->Unit(benchmark::kMillisecond)
@@ -388,7 +388,9 @@ int main(int argc, char** argv) {
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::AddCustomContext("isa", std::string(w8a8::kernels::IsaName(w8a8::kernels::ActiveIsa())));
-  benchmark::AddCustomContext("amx_bf16", w8a8::kernels::AmxBf16Usable() ? "usable" : "no");
+  const bool amx = w8a8::kernels::ActiveIsa() == w8a8::kernels::Isa::kAvx512Vnni &&
+                   w8a8::kernels::AmxBf16Usable();
+  benchmark::AddCustomContext("amx_bf16", amx ? "used" : "not used");
   benchmark::AddCustomContext("omp_threads", std::to_string(omp_get_max_threads()));
   w8a8::kernels::RegisterAll();
   benchmark::RunSpecifiedBenchmarks();

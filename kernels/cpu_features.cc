@@ -5,6 +5,11 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+// Linux headers before 5.16 lack the request for extended state, such as AMX tile data.
+#ifndef ARCH_REQ_XCOMP_PERM
+#define ARCH_REQ_XCOMP_PERM 0x1023
+#endif
+
 #include <cstdio>
 #include <cstdlib>
 #include <string>

@@ -230,21 +230,25 @@ W8A8_AVX512 void Avx512Multiply(const float* x, int64_t m, int64_t k, int64_t pa
 // bits, so the two leave out at most 2^-16 of |x|. Products of BF16 values are exact in FP32,
 // so each term x * w is off by at most 2^-16 of its magnitude before the FP32 sums, against
 // 2^-24 for GemmF32 and 2^-8 for a product on BF16 inputs alone. AMX adds in FP32 and flushes
-// subnormal values to zero. A third part would keep all 24 bits of x, but the product then
-// took 1.1 to 1.7x as long at m = 8 to 512 (Bf16LmHead in bench/kernel_bench.cc, 2 threads
+// subnormal values to zero, so parts below 2^-126 are lost. An infinite input gives NaN (its
+// low part is inf - inf). A third part would keep all 24 bits of x, but the product then
+// took 1.04 to 1.45x as long at m = 8 to 512 (Bf16LmHead in bench/kernel_bench.cc, 2 threads
 // of a Xeon with AMX).
 constexpr int64_t kAmxRows = 16;   // rows of x per tile of A, and of C, at most
 constexpr int64_t kAmxPairs = 16;  // pairs of columns per tile of B
 constexpr int64_t kAmxParts = 2;   // BF16 parts of each input of x
+// Bytes from one pair of columns to the next in a tile, and values of its first 16 rows.
+constexpr int64_t kPairStride = kPairValues * static_cast<int64_t>(sizeof(uint16_t));
+constexpr int64_t kHalfValues = kPairValues / 2;
 // From this m on, the product runs on AMX where it can. On the same Xeon (Bf16LmHead against
-// Bf16LmHeadNoAmx), AMX took as long as the AVX-512 product at m = 6 (20 to 21 ms), 1.05 to
-// 1.1x less time at m = 8 and 1.5x less at m = 16, but longer at m = 4 (17 to 17.6 against
-// 15.4 to 16.1 ms), where the AVX-512 product reads two tiles at a time.
-constexpr int64_t kAmxMinRows = 5;
+// Bf16LmHeadNoAmx, three runs), the AVX-512 product took 1.02 to 1.05x as long as AMX at
+// m = 8 and 1.5x as long at m = 16. At m = 5 to 7 the two were within noise of each other,
+// and at m = 4 AMX was slower, so fewer rows keep the exact inputs of the AVX-512 path.
+constexpr int64_t kAmxMinRows = 8;
 // Each step prefetches the weights this far ahead into L2. On the same Xeon, AMX took 23 to
-// 24 ms at m = 4, 8 and 16 without the prefetch and 18 to 21 ms with it. Prefetching 1, 4 or
-// 8 KiB ahead, or into L1, was no faster. The address may lie past the end of the matrix,
-// where a prefetch cannot fault.
+// 24 ms at m = 4, 8 and 16 without the prefetch. With it, m = 4 and 8 took 18.4 to 19.1 ms
+// and m = 16 20.4 to 23.2 ms. Prefetching 1, 4 or 8 KiB ahead, or into L1, was no faster. The
+// address may lie past the end of the matrix, where a prefetch cannot fault.
 constexpr int64_t kAmxPrefetchBytes = 2048;
 
 // The 64-byte operand of ldtilecfg: palette 1, then bytes per row and rows of each tile.
@@ -295,13 +299,16 @@ W8A8_AMX_BF16 void AmxMultiply(const uint16_t* parts, int64_t part_values, int64
         _tile_zero(0);
         _tile_zero(1);
         for (int64_t p = 0; p < pairs; p += kAmxPairs) {
-          const char* ahead = reinterpret_cast<const char*>(values + p * kPairValues) +
-                              kAmxPrefetchBytes;
-          for (int line = 0; line < 32; ++line) _mm_prefetch(ahead + 64 * line, _MM_HINT_T1);
+          if (block == 0) {
+            // Later blocks read the tile from cache.
+            const char* ahead = reinterpret_cast<const char*>(values + p * kPairValues) +
+                                kAmxPrefetchBytes;
+            for (int line = 0; line < 32; ++line) _mm_prefetch(ahead + 64 * line, _MM_HINT_T1);
+          }
           _tile_loadd(2, high + 2 * p, x_stride);
           _tile_loadd(3, low + 2 * p, x_stride);
-          _tile_loadd(4, values + p * kPairValues, 2 * kPairValues);
-          _tile_loadd(5, values + p * kPairValues + 32, 2 * kPairValues);
+          _tile_loadd(4, values + p * kPairValues, kPairStride);
+          _tile_loadd(5, values + p * kPairValues + kHalfValues, kPairStride);
           _tile_dpbf16ps(0, 2, 4);
           _tile_dpbf16ps(1, 2, 5);
           _tile_dpbf16ps(0, 3, 4);

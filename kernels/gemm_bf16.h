@@ -40,11 +40,14 @@ class Bf16Matrix {
 
   // Computes y[m, rows] = x[m, cols] * matrix^T with FP32 x and y, both row-major. Thread-safe,
   // and threads with OpenMP over the tiles of rows.
-  // On kAvx512Vnni with AmxBf16Usable(), m >= 5 and cols a multiple of 32 or one less (every
+  // On kAvx512Vnni with AmxBf16Usable(), m >= 8 and cols a multiple of 32 or one less (every
   // Llama shape), AMX tiles multiply x, split into two BF16 parts, by the matrix. Each tile of
   // the matrix is read from memory once for all rows of x. The two parts keep x to within
-  // 2^-16 of its magnitude (FP32 arithmetic: 2^-24), so each output may differ from the FP32
-  // product by up to 2^-16 of the sum of the magnitudes of its terms.
+  // 2^-16 of its magnitude, where the other paths use x exactly. So an output may differ from
+  // the exact product by 2^-16 of the sum of the magnitudes of its terms, plus the FP32
+  // rounding of a sum of 2 * cols products (the other paths: of cols products).
+  // NOTE: with AMX, a row of y depends slightly on m: rows of x multiplied in a batch of 8 or
+  // more differ by up to that bound from the same rows multiplied alone.
   // Otherwise on kAvx512Vnni the matrix is read from memory once per block of rows of x. A
   // block is as many rows as fit in 512 KiB of inputs (64 rows at 2048 columns), at least 16.
   // Each tile runs the block in passes of up to 8 rows, and the passes after the first read

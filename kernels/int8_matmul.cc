@@ -117,12 +117,14 @@ class PackedInt8Matmul final : public Int8Matmul {
 // Per-channel weights on AVX-512: the one place that picks oneDNN's int8 matmul or the packed
 // VNNI loop, by m. The packed loop reads the weights from memory once for up to 16 rows
 // (RunPackedAvx512), so it wins where the product is bound by reading them. Measured with
-// bench/kernel_bench.cc from DRAM on the four Llama-3.2-1B shapes, 2 threads, oneDNN 2.6:
-//   With AMX (2-core Xeon, 2 MiB L2 per core): the packed loop was 1.06 to 1.72x faster at
-//   m = 8, 12 and 16.
+// bench/kernel_bench.cc on the four Llama-3.2-1B shapes, 2 threads, oneDNN 2.6:
+//   With AMX (2-core Xeon, 2 MiB L2 per core), from DRAM: the packed loop was 1.06 to 1.43x
+//   faster at m = 8, 12 and 16 in two runs (1.72x once, at m = 12 on 2048 x 8192).
 //   Without AMX (oneDNN on vpdpbusd, 2-core Ice Lake Xeon, 1.25 MiB L2 per core): the packed
-//   loop was 1.3 to 1.4x faster at m = 16, and 0.96 to 1.3x as fast with the weights in cache.
-//   At m = 64 oneDNN was as fast or up to 1.4x faster.
+//   loop was 1.3 to 1.4x faster from DRAM at m = 16, and 0.96 to 1.3x as fast with the
+//   weights in cache. At m = 64 oneDNN was as fast or up to 1.4x faster.
+// NOTE: with AMX, products with the weights in cache were not compared since the switch
+// moved from m = 4 to 16. A model's weights come from DRAM in decode.
 // Where oneDNN has only its reference implementation for m, the packed loop runs instead.
 // With k a multiple of 64, oneDNN reads the packed weights in place (see int8_packed.h), with
 // or without AMX, so the weights are stored once. With another k oneDNN keeps its own copy.

@@ -47,7 +47,8 @@ W8A8_AVX512 inline __m512i DotProductAccumulate(__m512i acc, __m512i x, __m512i 
 
 // Parts of k that a one-quad tile of one scale group reads side by side. The steps of a quad
 // are one contiguous stream, and reading it as 4 streams at once measured 1.2 to 1.3x faster
-// from DRAM at 2 to 8 rows (bench/kernel_bench.cc, Int8PerRowPacked/cold).
+// from DRAM at 2 to 8 rows (bench/kernel_bench.cc, then Int8PerRowPacked/cold, now
+// Int8PerChannel/cold).
 constexpr int kSplitStreams = 4;
 
 // Tells GCC that memory may have changed, so that it reloads values instead of keeping them in

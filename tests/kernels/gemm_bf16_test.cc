@@ -156,12 +156,12 @@ TEST(Bf16MatrixTest, AmxMatchesDoublePrecision) {
   if (!CpuSupports(Isa::kAvx512Vnni) || !AmxBf16Usable()) {
     GTEST_SKIP() << "AMX BF16 is not usable in this process";
   }
-  // AMX runs for m >= 5 where k is a multiple of 32, or one less (the zero column past an odd
+  // AMX runs for m >= 8 where k is a multiple of 32, or one less (the zero column past an odd
   // k completes the last pair). Tiles of x have up to 16 rows, so m = 17 and 40 run two and
-  // three of them, and k = 96 three steps of 32 columns. n = 121 ends in the second half of a
-  // tile, n = 57 in the first half. m <= 4 and k = 45 keep the AVX-512 path.
-  std::vector<Shape> shapes = {{17, 57, 96},  {40, 33, 2048}, {5, 1, 32},    {5, 3, 31},
-                               {20, 70, 63},  {6, 1030, 64},  {17, 40, 8192}, {9, 121, 45}};
+  // three of them, and k = 96 three steps of 32 columns. n = 57 and 121 end in the second half
+  // of a tile, n = 33 and 70 in the first. m <= 7 and k = 45 keep the AVX-512 path.
+  std::vector<Shape> shapes = {{17, 57, 96},  {40, 33, 2048}, {8, 1, 32},    {9, 3, 31},
+                               {20, 70, 63},  {10, 1030, 64}, {17, 40, 8192}, {9, 121, 45}};
   for (int64_t m = 1; m <= 16; ++m) shapes.push_back({m, 121, 64});
   // x = high + low + rest with |rest| <= 2^-16 |x|, so each term is off by at most 256 units
   // of FP32 rounding before the sum, which adds 2k products in FP32.
@@ -197,7 +197,7 @@ TEST(Bf16MatrixTest, ScaledPermutationsAreExact) {
       for (int64_t r = 0; r < m; ++r) {
         for (int64_t row = 0; row < kN; ++row) {
           const float expected = x[r * kK + source[row]] * scale[row];
-          const float tolerance = allow_amx && m >= 5 ? std::ldexp(std::fabs(expected), -16) : 0;
+          const float tolerance = allow_amx && m >= 8 ? std::ldexp(std::fabs(expected), -16) : 0;
           ASSERT_NEAR(y[r * kN + row], expected, tolerance)
               << IsaName(isa) << (allow_amx ? " with AMX" : "") << " m=" << m << " at " << r
               << ", " << row;

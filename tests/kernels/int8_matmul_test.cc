@@ -228,7 +228,7 @@ TEST(Int8Matmul, PerChannelSharedLayoutIsExact) {
   uint32_t seed = 9600;
   for (int64_t k : {64, 192}) {
     for (int64_t n : {16, 49, 64, 100, 200}) {
-      for (int64_t m : {2, 3, 5, 8, 16, 37}) {
+      for (int64_t m : {2, 3, 5, 8, 16, 17, 20, 37}) {
         ExpectMatchesReference(m, n, k, /*group_size=*/0, /*unit_scales=*/true, seed += 4);
       }
       ExpectMatchesReference(/*m=*/16, n, k, /*group_size=*/0, /*unit_scales=*/false,
