@@ -359,7 +359,7 @@ void RegisterAll() {
                                  m, /*allow_amx=*/true)
         ->Unit(benchmark::kMillisecond)
         ->UseRealTime();
-    if (ActiveIsa() == Isa::kAvx512Vnni && AmxBf16Usable()) {
+    if (AmxBf16Usable()) {
       benchmark::RegisterBenchmark(("Bf16LmHeadNoAmx/m=" + std::to_string(m)).c_str(),
                                    BenchBf16LmHead, m, /*allow_amx=*/false)
           ->Unit(benchmark::kMillisecond)
@@ -388,9 +388,7 @@ int main(int argc, char** argv) {
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::AddCustomContext("isa", std::string(w8a8::kernels::IsaName(w8a8::kernels::ActiveIsa())));
-  const bool amx = w8a8::kernels::ActiveIsa() == w8a8::kernels::Isa::kAvx512Vnni &&
-                   w8a8::kernels::AmxBf16Usable();
-  benchmark::AddCustomContext("amx_bf16", amx ? "used" : "not used");
+  benchmark::AddCustomContext("amx_bf16", w8a8::kernels::AmxBf16Usable() ? "used" : "not used");
   benchmark::AddCustomContext("omp_threads", std::to_string(omp_get_max_threads()));
   w8a8::kernels::RegisterAll();
   benchmark::RunSpecifiedBenchmarks();

@@ -63,7 +63,7 @@ bool RequestAmxBf16() {
 }  // namespace
 
 bool AmxBf16Usable() {
-  static const bool usable = RequestAmxBf16();
+  static const bool usable = ActiveIsa() == Isa::kAvx512Vnni && RequestAmxBf16();
   return usable;
 }
 

@@ -20,9 +20,10 @@ std::string_view IsaName(Isa isa);
 bool CpuSupports(Isa isa);
 // Every ISA this CPU supports, from kScalar up, ignoring W8A8_ISA. Tests run each of them.
 std::vector<Isa> SupportedIsas();
-// Whether this process may run AMX BF16 tile instructions: the CPU has AMX-TILE and AMX-BF16,
-// and Linux granted the process the tile data state (arch_prctl ARCH_REQ_XCOMP_PERM, which
-// the first call requests). Kernels use AMX only on the kAvx512Vnni path. Decided once.
+// Whether the kernels may run AMX BF16 tile instructions: ActiveIsa() is kAvx512Vnni (so
+// W8A8_ISA can turn AMX off), the CPU has AMX-TILE and AMX-BF16, and Linux granted the process
+// the tile data state (arch_prctl ARCH_REQ_XCOMP_PERM, which the first call requests).
+// Decided once.
 bool AmxBf16Usable();
 
 }  // namespace w8a8::kernels

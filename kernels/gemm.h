@@ -42,8 +42,8 @@ void QuantizePerTensor(Isa isa, const float* x, int64_t m, int64_t k, int8_t* q,
 // 16 rows for a u8 x s8 dot-product loop (activations + 128, minus 128 * the weight sums).
 // Per-channel weights on kAvx512Vnni run that loop for m <= 16 and oneDNN's int8 matmul for
 // larger m, unless oneDNN has only its reference implementation for that m. With k a multiple
-// of 64 (every Llama shape), oneDNN reads the packed weights in place, so they are stored once.
-// With another k it keeps its own copy (see memory_bytes()).
+// of 64 (every Llama shape), oneDNN reads the packed weights in place, so they are stored
+// once. With another k it keeps its own copy (see memory_bytes()).
 class Int8Matmul {
  public:
   virtual ~Int8Matmul() = default;

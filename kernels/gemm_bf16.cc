@@ -223,7 +223,7 @@ W8A8_AVX512 void Avx512Multiply(const float* x, int64_t m, int64_t k, int64_t pa
 }
 
 // AMX: each tile instruction multiplies up to 16 rows of x by 16 rows of the matrix over 32
-// columns. A tile of B holds, for 16 pairs of columns, 16 rows of the matrix as two adjacent
+// columns. A tile of B contains, for 16 pairs of columns, 16 rows of the matrix as two adjacent
 // BF16 values each, which is half of a tile of this layout read with a stride of 128 bytes.
 // The inputs are split into two BF16 parts, x = high + low with high = BF16(x) and low =
 // BF16(x - high), and both go through the same accumulators. Each part has 8 significant

@@ -59,9 +59,7 @@ nlohmann::json MachineJson(const MachineCeilings& machine) {
   }
   return {{"threads", machine.threads},
           {"isa", std::string(kernels::IsaName(kernels::ActiveIsa()))},
-          // Whether the BF16 output projection can run on AMX, which needs the kAvx512Vnni path.
-          {"amx_bf16",
-           kernels::ActiveIsa() == kernels::Isa::kAvx512Vnni && kernels::AmxBf16Usable()},
+          {"amx_bf16", kernels::AmxBf16Usable()},
           {"avx512_probes", machine.avx512},
           {"buffer_bytes", machine.buffer_bytes},
           {"l3_bytes", machine.l3_bytes},
