@@ -37,13 +37,16 @@ constexpr int64_t kBlockBytes = 512 * 1024;
 constexpr int64_t kPlainMaxM = 16;
 constexpr int64_t kConvertRows = 1024;
 
-// With one or two tiles at a time (m >= 3), each step prefetches the weights this far ahead
-// into L1. Without it, a pass of 8 rows of x over the 128256 x 2048 matrix took 1.3x as long
-// (34 against 25.5 ms on 2 threads of a Xeon without AMX, bench/kernel_bench.cc
-// Bf16LmHead/m=8); 1 KiB and 4 KiB were no faster, and prefetching into L2 only was slower.
-// With 4 or 8 tiles (m <= 2) the hardware prefetchers keep up, and the prefetch made m = 1
-// slower (20 against 18 ms). The address may lie past the end of the matrix, where a prefetch
-// cannot fault.
+// Distance of the software prefetch of the weights into L1. Passes over one or two tiles
+// (m >= 3) always prefetch. Without it, a pass of 8 rows of x over the 128256 x 2048 matrix
+// took 1.3x as long (34 against 25.5 ms on 2 threads of a Xeon without AMX,
+// bench/kernel_bench.cc Bf16LmHead/m=8); 1 KiB and 4 KiB were no faster, and prefetching into
+// L2 only was slower. Passes over 4 or 8 tiles (m <= 2) prefetch only where AMX is usable. On
+// the Xeon without AMX the hardware prefetchers kept up, and the prefetch made m = 1 slower
+// (20 against 18 ms). On a Xeon with AMX it made m = 1 and 2 faster (medians of four runs
+// 17.9 against 20.7 ms and 16.1 against 19.2 ms), and one-sequence decode of the Llama-3.2-1B
+// shape 1.02 to 1.09x as fast (four runs). AMX stands for that later CPU generation here. The
+// address may lie past the end of the matrix, where a prefetch cannot fault.
 constexpr uintptr_t kPrefetchBytes = 2048;
 
 float Bf16Value(uint16_t value) {
@@ -77,8 +80,9 @@ void PlainTile(const float* x, int64_t m, int64_t k, int64_t pairs, const uint16
 }
 
 // Computes y for kT tiles from `tile` on (`count` of them, fewer at the end) against kM rows
-// of x. Each (row of x, 16 rows of the matrix) has one accumulator.
-template <int kM, int kT>
+// of x. Each (row of x, 16 rows of the matrix) has one accumulator. kPrefetch adds the
+// software prefetch of the weights.
+template <int kM, int kT, bool kPrefetch>
 W8A8_AVX512 void Avx512Tiles(const float* x, int64_t k, int64_t pairs, const uint16_t* packed,
                              float* y, int64_t n, int64_t tile, int64_t count) {
   static_assert(kM * kT * 2 <= 16);
@@ -103,7 +107,7 @@ W8A8_AVX512 void Avx512Tiles(const float* x, int64_t k, int64_t pairs, const uin
     for (int j = 0; j < kT; ++j) {
 #pragma GCC unroll 2
       for (int h = 0; h < 2; ++h) {
-        if constexpr (kT <= 2) {
+        if constexpr (kPrefetch) {
           const uintptr_t ahead =
               reinterpret_cast<uintptr_t>(tiles[j] + p * kPairValues + h * 32) + kPrefetchBytes;
           _mm_prefetch(reinterpret_cast<const char*>(ahead), _MM_HINT_T0);
@@ -163,12 +167,12 @@ W8A8_AVX512 void Avx512Tiles(const float* x, int64_t k, int64_t pairs, const uin
 
 // Runs `rows` rows of x on the tile function of exactly that many rows, trying kM = 1, 2, ...
 // in turn. Avx512Groups passes at most kPassRows / kT rows.
-template <int kT, int kM = 1>
+template <int kT, bool kPrefetch, int kM = 1>
 W8A8_AVX512 void Avx512Pass(const float* x, int64_t k, int64_t pairs, const uint16_t* packed,
                             float* y, int64_t n, int64_t tile, int64_t count, int64_t rows) {
   if constexpr (kM <= kPassRows && kM * kT * 2 <= 16) {
-    if (rows == kM) return Avx512Tiles<kM, kT>(x, k, pairs, packed, y, n, tile, count);
-    return Avx512Pass<kT, kM + 1>(x, k, pairs, packed, y, n, tile, count, rows);
+    if (rows == kM) return Avx512Tiles<kM, kT, kPrefetch>(x, k, pairs, packed, y, n, tile, count);
+    return Avx512Pass<kT, kPrefetch, kM + 1>(x, k, pairs, packed, y, n, tile, count, rows);
   } else {
     // Unreachable: no row count that Avx512Groups passes gets this far.
     std::abort();
@@ -178,7 +182,7 @@ W8A8_AVX512 void Avx512Pass(const float* x, int64_t k, int64_t pairs, const uint
 // Splits the groups of kT tiles among threads. Each group runs every row of x in a block, in
 // passes of at most kPassRows / kT rows. The sizes of the passes differ by at most one, so no
 // pass is left with too few accumulators to hide the latency of the FMAs.
-template <int kT>
+template <int kT, bool kPrefetch>
 W8A8_AVX512 void Avx512Groups(const float* x, int64_t m, int64_t k, int64_t pairs,
                               const uint16_t* packed, float* y, int64_t n) {
   const int64_t tiles = (n + kTileRows - 1) / kTileRows;
@@ -198,7 +202,7 @@ W8A8_AVX512 void Avx512Groups(const float* x, int64_t m, int64_t k, int64_t pair
       for (int64_t pass = 0; pass < passes; ++pass) {
         const int64_t left = first + block - row;
         const int64_t rows = (left + passes - pass - 1) / (passes - pass);
-        Avx512Pass<kT>(x + row * k, k, pairs, packed, y + row * n, n, tile, count, rows);
+        Avx512Pass<kT, kPrefetch>(x + row * k, k, pairs, packed, y + row * n, n, tile, count, rows);
         row += rows;
       }
     }
@@ -211,14 +215,24 @@ W8A8_AVX512 void Avx512Multiply(const float* x, int64_t m, int64_t k, int64_t pa
   // FMA latency and more streams of weights per thread. At m = 8 and 16, passes of 4 rows
   // over 2 tiles took 1.1 to 1.9x as long as passes of 8 rows over one tile on the Xeon above
   // (Bf16LmHead/m=8 and 16).
+  // See kPrefetchBytes for why AMX decides the prefetch over 4 and 8 tiles.
+  const bool prefetch_many_tiles = AmxBf16Usable();
   if (m == 1) {
-    Avx512Groups<8>(x, m, k, pairs, packed, y, n);
+    if (prefetch_many_tiles) {
+      Avx512Groups<8, true>(x, m, k, pairs, packed, y, n);
+    } else {
+      Avx512Groups<8, false>(x, m, k, pairs, packed, y, n);
+    }
   } else if (m == 2) {
-    Avx512Groups<4>(x, m, k, pairs, packed, y, n);
+    if (prefetch_many_tiles) {
+      Avx512Groups<4, true>(x, m, k, pairs, packed, y, n);
+    } else {
+      Avx512Groups<4, false>(x, m, k, pairs, packed, y, n);
+    }
   } else if (m <= 4) {
-    Avx512Groups<2>(x, m, k, pairs, packed, y, n);
+    Avx512Groups<2, true>(x, m, k, pairs, packed, y, n);
   } else {
-    Avx512Groups<1>(x, m, k, pairs, packed, y, n);
+    Avx512Groups<1, true>(x, m, k, pairs, packed, y, n);
   }
 }
 
