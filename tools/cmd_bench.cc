@@ -153,10 +153,13 @@ void PrintModel(const nlohmann::json& model) {
                   entry["tokens_per_second"].get<double>());
     }
     for (const nlohmann::json& entry : plan["decode"]) {
-      std::printf("    decode %2lld sequences: %8.1f tokens/s, %7.1f ms/step, bandwidth %.2f\n",
-                  static_cast<long long>(entry["sequences"].get<int64_t>()),
-                  entry["tokens_per_second"].get<double>(),
-                  entry["step_seconds"].get<double>() * 1e3, Number(entry, "bandwidth_fraction"));
+      std::printf(
+          "    decode %2lld sequences: %8.1f tokens/s, %7.1f ms/step, bandwidth %.2f; fastest "
+          "step %7.1f ms, bandwidth %.2f\n",
+          static_cast<long long>(entry["sequences"].get<int64_t>()),
+          entry["tokens_per_second"].get<double>(), entry["step_seconds"].get<double>() * 1e3,
+          Number(entry, "bandwidth_fraction"), entry["fastest_step_seconds"].get<double>() * 1e3,
+          Number(entry, "fastest_step_bandwidth_fraction"));
     }
   }
   std::printf("  ratios\n");

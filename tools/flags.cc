@@ -89,7 +89,7 @@ ABSL_FLAG(std::string, suite, "",
           "measured, except when engine is the only suite.");
 ABSL_FLAG(double, seconds, 0.5,
           "bench: minimum seconds of timed runs per figure. Each figure is the fastest run, "
-          "except decode, which reports the mean step.");
+          "except decode, which reports the mean step and the fastest step.");
 ABSL_FLAG(int32_t, interleave, 0,
           "bench model suite: after each plan's own figures, load every plan at once and time "
           "them in this many rounds, taking turns figure by figure, and report each plan's "

@@ -158,6 +158,13 @@ TEST_F(BenchCli, ModelSuiteOnStories260K) {
     ASSERT_EQ(plan["decode"].size(), 4u) << name;
     for (const nlohmann::json& entry : plan["decode"]) {
       EXPECT_GT(Number(entry, "tokens_per_second"), 0.0) << name;
+      // The fastest step is one of the steps that make up the mean.
+      EXPECT_GT(Number(entry, "fastest_step_seconds"), 0.0) << name;
+      EXPECT_LE(Number(entry, "fastest_step_seconds"), Number(entry, "step_seconds")) << name;
+      if (!entry.contains("bandwidth_fraction")) continue;
+      EXPECT_GE(Number(entry, "fastest_step_bandwidth_fraction"),
+                Number(entry, "bandwidth_fraction"))
+          << name;
     }
   }
   const nlohmann::json& ratios = report["model"]["ratios"];
