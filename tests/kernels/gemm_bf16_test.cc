@@ -159,7 +159,8 @@ TEST(Bf16MatrixTest, AmxMatchesDoublePrecision) {
   // AMX runs for m >= 8 where k is a multiple of 32, or one less (the zero column past an odd
   // k completes the last pair). Tiles of x have up to 16 rows, so m = 17 and 40 run two and
   // three of them, and k = 96 three steps of 32 columns. n = 57 and 121 end in the second half
-  // of a tile, n = 33 and 70 in the first. m <= 7 and k = 45 keep the AVX-512 path.
+  // of a tile, n = 33 and 70 in the first. AMX runs the tiles in pairs, and n = 1, 3, 70 and
+  // 1030 end with an odd one. m <= 7 and k = 45 keep the AVX-512 path.
   std::vector<Shape> shapes = {{17, 57, 96},  {40, 33, 2048}, {8, 1, 32},    {9, 3, 31},
                                {20, 70, 63},  {10, 1030, 64}, {17, 40, 8192}, {9, 121, 45}};
   for (int64_t m = 1; m <= 16; ++m) shapes.push_back({m, 121, 64});
