@@ -3,6 +3,7 @@
 // sources of the w8a8 tool. The functions are thread-safe and keep no state.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <random>
@@ -41,6 +42,14 @@ inline std::vector<float> RandomFloats(int64_t count, uint32_t seed) {
   std::vector<float> values(count);
   for (float& value : values) value = distribution(engine);
   return values;
+}
+
+// Returns the median of `values`, the mean of the middle two for an even count. `values` must
+// not be empty.
+inline double Median(std::vector<double> values) {
+  std::sort(values.begin(), values.end());
+  const size_t half = values.size() / 2;
+  return values.size() % 2 == 1 ? values[half] : (values[half - 1] + values[half]) / 2.0;
 }
 
 // Seconds that one call of `run` takes on the steady clock.

@@ -118,16 +118,15 @@ class ReadBuffer {
   int64_t bytes() const { return bytes_; }
 
   // Reads kChunksPerTurn chunks of about kChunkBytes with `pattern`, one parallel region per
-  // chunk, and returns the best chunk's rate in GB/s. The chunks continue where the previous
+  // chunk, and appends each chunk's rate in GB/s to `rates`. The chunks continue where the previous
   // call stopped and wrap around the buffer, so every chunk was last read at least a buffer
   // (2 x L3) ago and comes from DRAM. Timing chunks instead of whole passes keeps the
   // interruptions by other processes from hiding the rate of the uninterrupted chunks, and a
   // chunk is about the size of the largest int8 weight matrix that the kernel suite times.
-  double ReadChunks(const ReadPattern& pattern) {
+  void ReadChunks(const ReadPattern& pattern, std::vector<double>& rates) {
     const int64_t granule = int64_t{pattern.streams} * kBytesPerStreamStep;
     const int64_t slice = kChunkBytes / pattern.threads / granule * granule;
     const int64_t chunk = slice * pattern.threads;
-    double best = 0.0;
     for (int turn = 0; turn < kChunksPerTurn; ++turn) {
       if (cursor_ + chunk > bytes_) cursor_ = 0;
       const uint8_t* data = data_.get() + cursor_;
@@ -143,9 +142,8 @@ class ReadBuffer {
           }
         }
       });
-      if (seconds > 0) best = std::max(best, static_cast<double>(chunk) / seconds * 1e-9);
+      if (seconds > 0) rates.push_back(static_cast<double>(chunk) / seconds * 1e-9);
     }
-    return best;
   }
 
  private:
@@ -163,21 +161,27 @@ std::vector<ReadPattern> PatternsFor(int threads) {
 }
 
 // Runs every pattern once per round, at least kMinReadRounds rounds and until `seconds` have
-// passed, and returns each pattern's best rate. Sets `rounds` to the rounds run.
+// passed, and returns each pattern's fastest and median chunk rates. Sets `rounds` to the
+// rounds run.
 std::vector<ReadResult> MeasurePatterns(ReadBuffer& buffer,
                                         const std::vector<ReadPattern>& patterns, double seconds,
                                         int* rounds) {
   std::vector<ReadResult> results;
-  for (const ReadPattern& pattern : patterns) results.push_back({pattern, 0.0});
+  for (const ReadPattern& pattern : patterns) results.push_back({pattern, 0.0, 0.0});
+  std::vector<std::vector<double>> rates(patterns.size());
   const auto start = std::chrono::steady_clock::now();
   int round = 0;
   for (;; ++round) {
     const double elapsed =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     if (round >= kMinReadRounds && elapsed >= seconds) break;
-    for (ReadResult& result : results) {
-      result.gbs = std::max(result.gbs, buffer.ReadChunks(result.pattern));
-    }
+    for (size_t i = 0; i < results.size(); ++i) buffer.ReadChunks(patterns[i], rates[i]);
+  }
+  for (size_t i = 0; i < results.size(); ++i) {
+    // A chunk too short for the clock to time leaves no rate.
+    if (rates[i].empty()) continue;
+    results[i].gbs = *std::max_element(rates[i].begin(), rates[i].end());
+    results[i].median_gbs = Median(rates[i]);
   }
   if (rounds != nullptr) *rounds = round;
   return results;

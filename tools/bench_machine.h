@@ -32,7 +32,8 @@ struct ReadPattern {
 // The rate of the fastest chunk that one read pattern read in a measurement.
 struct ReadResult {
   ReadPattern pattern;
-  double gbs = 0.0;
+  double gbs = 0.0;         // The fastest chunk's rate.
+  double median_gbs = 0.0;  // The median chunk's rate.
 };
 
 struct MachineCeilings {
@@ -45,7 +46,7 @@ struct MachineCeilings {
   Ceiling read_gbs;
   ReadPattern read_best_one_thread;   // The pattern that gave read_gbs.one_thread.
   ReadPattern read_best_all_threads;  // The pattern that gave read_gbs.all_threads.
-  std::vector<ReadResult> read_results;  // Every pattern tried, with its best rate.
+  std::vector<ReadResult> read_results;  // Every pattern tried, with its rates.
   int read_rounds = 0;                   // Turns each pattern had.
   int64_t read_chunk_bytes = 0;          // Bytes of one timed read, over all its threads.
   // vpdpbusd on zmm registers in independent accumulator chains: 64 multiply-accumulates per

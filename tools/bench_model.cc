@@ -14,6 +14,7 @@
 #include "core/checkpoint.h"
 #include "core/model.h"
 #include "core/quantization.h"
+#include "tools/bench_common.h"
 #include "tools/bench_machine.h"
 #include "tools/bench_suites.h"
 #include "tools/flags.h"
@@ -278,12 +279,6 @@ absl::StatusOr<double> TokensPerSecond(const Model& model, const Figure& figure,
   absl::StatusOr<DecodeTiming> timing = TimeDecodeSteps(model, figure.sequences, seconds);
   if (!timing.ok()) return timing.status();
   return static_cast<double>(figure.sequences) / timing->mean_seconds;
-}
-
-double Median(std::vector<double> values) {
-  std::sort(values.begin(), values.end());
-  const size_t half = values.size() / 2;
-  return values.size() % 2 == 1 ? values[half] : (values[half - 1] + values[half]) / 2.0;
 }
 
 // Loads every plan at once and times each figure on every plan in turn, `rounds` times, in

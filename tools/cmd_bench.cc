@@ -55,6 +55,7 @@ nlohmann::json MachineJson(const MachineCeilings& machine) {
   for (const ReadResult& result : machine.read_results) {
     nlohmann::json entry = PatternJson(result.pattern);
     entry["gbs"] = result.gbs;
+    entry["median_gbs"] = result.median_gbs;
     read_patterns.push_back(std::move(entry));
   }
   return {{"threads", machine.threads},
@@ -100,11 +101,11 @@ void PrintMachine(const std::string& title, const MachineCeilings& machine) {
               static_cast<long long>(machine.l3_bytes >> 20),
               machine.read_best_one_thread.Describe().c_str(),
               machine.read_best_all_threads.Describe().c_str());
-  std::printf("  read patterns, GB/s:");
+  std::printf("  read patterns, GB/s, fastest and median chunk:");
   int column = 0;
   for (const ReadResult& result : machine.read_results) {
-    std::printf("%s%-32s %5.1f", column % 2 == 0 ? "\n    " : "   ",
-                result.pattern.Describe().c_str(), result.gbs);
+    std::printf("%s%-32s %5.1f %5.1f", column % 2 == 0 ? "\n    " : "   ",
+                result.pattern.Describe().c_str(), result.gbs, result.median_gbs);
     ++column;
   }
   std::printf("\n");

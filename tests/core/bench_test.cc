@@ -70,6 +70,9 @@ void ExpectReadPatternsConsistent(const nlohmann::json& machine) {
   for (const nlohmann::json& pattern : patterns) {
     const int pattern_threads = pattern["threads"].get<int>();
     EXPECT_GT(Number(pattern, "gbs"), 0.0) << pattern.dump();
+    // The median lies between the slowest and the fastest chunk.
+    EXPECT_GT(Number(pattern, "median_gbs"), 0.0) << pattern.dump();
+    EXPECT_LE(Number(pattern, "median_gbs"), Number(pattern, "gbs")) << pattern.dump();
     EXPECT_THAT(pattern["streams"].get<int>(), ::testing::AnyOf(1, 2, 4)) << pattern.dump();
     if (pattern_threads == 1) best_one = std::max(best_one, Number(pattern, "gbs"));
     if (pattern_threads >= threads) best_all = std::max(best_all, Number(pattern, "gbs"));
@@ -130,7 +133,7 @@ TEST_F(BenchCli, MachineTablePrintsBothMeasurements) {
   EXPECT_THAT(result.output, HasSubstr("machine at the end"));
   EXPECT_THAT(result.output, ::testing::Not(HasSubstr("kernels (")));
   if (result.output.find("ceilings not measured") == std::string::npos) {
-    EXPECT_THAT(result.output, HasSubstr("read patterns, GB/s"));
+    EXPECT_THAT(result.output, HasSubstr("read patterns, GB/s, fastest and median chunk"));
     EXPECT_THAT(result.output, HasSubstr("2 streams, prefetch"));
   }
 }
