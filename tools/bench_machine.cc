@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -19,6 +20,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "kernels/cpu_features.h"
+#include "kernels/weight_memory.h"
 #include "tools/bench_common.h"
 
 namespace w8a8::tools {
@@ -93,15 +95,16 @@ void ReadSlice(const ReadPattern& pattern, const uint8_t* data, int64_t bytes) {
   }
 }
 
-// A 64-byte-aligned buffer of DramResidentBytes() whose pages are touched, so that reads
-// measure DRAM and not page faults. Like the model's weight buffers, it does not ask for
-// transparent huge pages, so that the ceiling is one that weight reads can reach. Owned by one
-// measurement; freed on destruction.
+// A buffer of DramResidentBytes() whose pages are touched, so that reads measure DRAM and not
+// page faults. It comes from AllocateWeightBytes like the model's weight buffers, on
+// transparent huge pages where Linux grants them, so that the ceiling is one that weight reads
+// can reach. Owned by one measurement; freed on destruction.
 class ReadBuffer {
  public:
-  ReadBuffer() : bytes_(DramResidentBytes()), data_(nullptr, &std::free) {
-    data_.reset(static_cast<uint8_t*>(std::aligned_alloc(64, bytes_)));
-    if (data_ == nullptr) {
+  ReadBuffer() : bytes_(DramResidentBytes()) {
+    try {
+      data_ = static_cast<uint8_t*>(kernels::AllocateWeightBytes(static_cast<size_t>(bytes_)));
+    } catch (const std::bad_alloc&) {
       std::fprintf(stderr,
                    "w8a8 bench: failed to allocate the %lld-byte read buffer, so read bandwidth "
                    "is not measured. Free memory or run on a larger machine.\n",
@@ -109,18 +112,23 @@ class ReadBuffer {
       bytes_ = 0;
       return;
     }
-    uint8_t* data = data_.get();
+    uint8_t* data = data_;
     const int64_t bytes = bytes_;
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < bytes; i += 4096) std::fill(data + i, data + i + 4096, uint8_t{1});
   }
+  ~ReadBuffer() {
+    if (data_ != nullptr) kernels::FreeWeightBytes(data_, static_cast<size_t>(bytes_));
+  }
+  ReadBuffer(const ReadBuffer&) = delete;
+  ReadBuffer& operator=(const ReadBuffer&) = delete;
 
   int64_t bytes() const { return bytes_; }
 
   // Reads kChunksPerTurn chunks of about kChunkBytes with `pattern`, one parallel region per
-  // chunk, and appends each chunk's rate in GB/s to `rates`. The chunks continue where the previous
-  // call stopped and wrap around the buffer, so every chunk was last read at least a buffer
-  // (2 x L3) ago and comes from DRAM. Timing chunks instead of whole passes keeps the
+  // chunk, and appends each chunk's rate in GB/s to `rates`. The chunks continue where the
+  // previous call stopped and wrap around the buffer, so every chunk was last read at least a
+  // buffer (2 x L3) ago and comes from DRAM. Timing chunks instead of whole passes keeps the
   // interruptions by other processes from hiding the rate of the uninterrupted chunks, and a
   // chunk is about the size of the largest int8 weight matrix that the kernel suite times.
   void ReadChunks(const ReadPattern& pattern, std::vector<double>& rates) {
@@ -129,7 +137,7 @@ class ReadBuffer {
     const int64_t chunk = slice * pattern.threads;
     for (int turn = 0; turn < kChunksPerTurn; ++turn) {
       if (cursor_ + chunk > bytes_) cursor_ = 0;
-      const uint8_t* data = data_.get() + cursor_;
+      const uint8_t* data = data_ + cursor_;
       cursor_ += chunk;
       const double seconds = TimeOnce([&] {
 #pragma omp parallel num_threads(pattern.threads)
@@ -149,7 +157,7 @@ class ReadBuffer {
  private:
   int64_t bytes_;
   int64_t cursor_ = 0;  // Offset of the next chunk to read.
-  std::unique_ptr<uint8_t, decltype(&std::free)> data_;
+  uint8_t* data_ = nullptr;
 };
 
 std::vector<ReadPattern> PatternsFor(int threads) {
