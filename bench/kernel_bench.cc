@@ -18,6 +18,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <new>
 #include <random>
 #include <span>
 #include <string>
@@ -30,6 +31,7 @@
 #include "kernels/gemm.h"
 #include "kernels/gemm_bf16.h"
 #include "kernels/onednn_int8_matmul.h"
+#include "kernels/weight_memory.h"
 #include "tools/bench_common.h"
 
 namespace w8a8::kernels {
@@ -218,15 +220,18 @@ __attribute__((target("avx512f"))) int64_t SumBytes(const uint8_t* data, int64_t
 }
 
 // The read-bandwidth ceiling: `threads` threads each sum their own slice of a 1 GiB buffer,
-// which is larger than the last-level cache, so every pass reads from DRAM.
+// which is larger than the last-level cache, so every pass reads from DRAM. The buffer is
+// weight memory, on transparent huge pages where Linux grants them, like the packed weights.
 void BenchReadBandwidth(benchmark::State& state, int threads) {
   if (!CpuSupports(Isa::kAvx512Vnni)) {
     state.SkipWithError("ReadBandwidth needs AVX-512");
     return;
   }
-  std::unique_ptr<uint8_t, decltype(&std::free)> buffer(
-      static_cast<uint8_t*>(std::aligned_alloc(64, kColdBytes)), &std::free);
-  if (buffer == nullptr) {
+  const auto free_buffer = [](uint8_t* data) { FreeWeightBytes(data, kColdBytes); };
+  std::unique_ptr<uint8_t, decltype(free_buffer)> buffer(nullptr, free_buffer);
+  try {
+    buffer.reset(static_cast<uint8_t*>(AllocateWeightBytes(kColdBytes)));
+  } catch (const std::bad_alloc&) {
     state.SkipWithError("failed to allocate the 1 GiB read buffer");
     return;
   }
