@@ -157,7 +157,9 @@ class Engine::Impl {
   bool HasInputLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     return !incoming_.empty() || !cancel_requests_.empty() || abort_pending_ || shutdown_;
   }
-  bool IdleLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return active_ids_.empty(); }
+  bool IdleLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return active_ids_.empty() && num_finishing_ == 0;
+  }
 
   // Fixed at construction.
   const EngineOptions options_;
@@ -179,8 +181,11 @@ class Engine::Impl {
   mutable absl::Mutex mu_;
   std::vector<std::unique_ptr<EngineSequence>> incoming_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_set<std::string> cancel_requests_ ABSL_GUARDED_BY(mu_);
-  // Ids of every submitted request whose last callback has not returned yet.
+  // Ids of every submitted request that has not finished. A finished request's id leaves
+  // before its last callback runs, so a client that has seen the last update can reuse it.
   absl::flat_hash_set<std::string> active_ids_ ABSL_GUARDED_BY(mu_);
+  // Finished requests whose last callback or observer call has not returned yet.
+  int64_t num_finishing_ ABSL_GUARDED_BY(mu_) = 0;
   // Requests counted against max_queued_requests: submitted and not yet running.
   int64_t num_queued_ ABSL_GUARDED_BY(mu_) = 0;
   std::shared_ptr<const Model> model_ ABSL_GUARDED_BY(mu_);
@@ -649,6 +654,12 @@ void Engine::Impl::Deliver(const StepStats* step) {
   }
   std::vector<std::unique_ptr<EngineSequence>> finished = std::move(finished_);
   finished_.clear();
+  const int64_t num_finished = static_cast<int64_t>(finished.size());
+  if (num_finished > 0) {
+    absl::MutexLock lock(&mu_);
+    for (const auto& sequence : finished) active_ids_.erase(sequence->request().request_id);
+    num_finishing_ += num_finished;
+  }
   for (auto& sequence : finished) {
     InvokeCallback(*sequence);
     if (observer_ != nullptr) observer_->OnRequestFinished(sequence->Stats());
@@ -658,10 +669,10 @@ void Engine::Impl::Deliver(const StepStats* step) {
     observer_->OnLoad(stats);
   }
 
-  // Drain waits for the ids to go, so they go after every callback and observer call.
-  if (!finished.empty()) {
+  // Drain waits for this count too, so it ends after every callback and observer call.
+  if (num_finished > 0) {
     absl::MutexLock lock(&mu_);
-    for (const auto& sequence : finished) active_ids_.erase(sequence->request().request_id);
+    num_finishing_ -= num_finished;
   }
 }
 

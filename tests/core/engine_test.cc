@@ -502,6 +502,31 @@ TEST_F(EngineTest, DuplicateIdIsRejected) {
   ASSERT_TRUE(first.Wait());
 }
 
+// A client may reuse a request id as soon as it has the last update of the request that had
+// it: the id is free when that update is delivered, not only after its callback returns.
+TEST_F(EngineTest, IdIsFreeAtLastUpdate) {
+  std::unique_ptr<Engine> engine = MakeEngine(SmallOptions());
+  ASSERT_NE(engine, nullptr);
+  const GenerationRequest request = Greedy("reused", "Once upon a time", 5);
+  Collector second;
+  absl::Status resubmitted = absl::UnknownError("the last update did not arrive");
+  absl::Notification first_done;
+  const absl::Status submitted =
+      engine->Submit(request, [&](GenerationUpdate update) {
+        if (!update.finished) return;
+        // Runs on the engine thread, in the last callback of the first request.
+        resubmitted = engine->Submit(request, second.Callback());
+        first_done.Notify();
+      });
+  ASSERT_TRUE(submitted.ok()) << submitted;
+  ASSERT_TRUE(first_done.WaitForNotificationWithTimeout(absl::Seconds(60)));
+  EXPECT_TRUE(resubmitted.ok()) << resubmitted;
+  if (!resubmitted.ok()) return;
+  ASSERT_TRUE(second.Wait());
+  EXPECT_TRUE(second.Last().status.ok()) << second.Last().status;
+  EXPECT_EQ(second.Tokens().size(), 5u);
+}
+
 TEST_F(EngineTest, DrainFinishesRequestsThenRejects) {
   std::unique_ptr<Engine> engine = MakeEngine(SmallOptions());
   ASSERT_NE(engine, nullptr);
