@@ -227,7 +227,7 @@ void BenchReadBandwidth(benchmark::State& state, int threads) {
     state.SkipWithError("ReadBandwidth needs AVX-512");
     return;
   }
-  const auto free_buffer = [](uint8_t* data) { FreeWeightBytes(data, kColdBytes); };
+  auto free_buffer = [](uint8_t* data) { FreeWeightBytes(data, kColdBytes); };
   std::unique_ptr<uint8_t, decltype(free_buffer)> buffer(nullptr, free_buffer);
   try {
     buffer.reset(static_cast<uint8_t*>(AllocateWeightBytes(kColdBytes)));

@@ -45,8 +45,10 @@ constexpr int64_t kConvertRows = 1024;
 // the Xeon without AMX the hardware prefetchers kept up, and the prefetch made m = 1 slower
 // (20 against 18 ms). On a Xeon with AMX it made m = 1 and 2 faster (medians of four runs
 // 17.9 against 20.7 ms and 16.1 against 19.2 ms), and one-sequence decode of the Llama-3.2-1B
-// shape 1.02 to 1.09x as fast (four runs). AMX stands for that later CPU generation here. The
-// address may lie past the end of the matrix, where a prefetch cannot fault.
+// shape 1.02 to 1.09x as fast (four runs). AmxBf16Usable() is the test for that later
+// generation. NOTE: a CPU with AMX whose tile state Linux does not grant to this process keeps
+// the loop without the prefetch. The address may lie past the end of the matrix, where a
+// prefetch cannot fault.
 constexpr uintptr_t kPrefetchBytes = 2048;
 
 float Bf16Value(uint16_t value) {
@@ -215,7 +217,7 @@ W8A8_AVX512 void Avx512Multiply(const float* x, int64_t m, int64_t k, int64_t pa
   // FMA latency and more streams of weights per thread. At m = 8 and 16, passes of 4 rows
   // over 2 tiles took 1.1 to 1.9x as long as passes of 8 rows over one tile on the Xeon above
   // (Bf16LmHead/m=8 and 16).
-  // See kPrefetchBytes for why AMX decides the prefetch over 4 and 8 tiles.
+  // See kPrefetchBytes for why AmxBf16Usable() decides the prefetch over 4 and 8 tiles.
   const bool prefetch_many_tiles = AmxBf16Usable();
   if (m == 1) {
     if (prefetch_many_tiles) {
@@ -292,8 +294,9 @@ uint16_t RoundToBf16(float value) {
 // 51 ms against 54 to 58, and m = 512 303 to 310 ms against 438 to 455. At m = 8 and 16 the
 // two were within noise (18 to 24 ms), and 16-sequence decode of the Llama-3.2-1B shape went
 // from 193 to 209 tokens/s (medians of three runs). Each pair of tiles runs every block of up
-// to 16 rows of x in turn, and the blocks after the first read the pair from cache. An odd
-// last tile pairs with itself, and its second copy stores nothing.
+// to 16 rows of x in turn, and the blocks after the first read the pair from cache (256 KiB at
+// k = 2048). NOTE: at k = 8192 a pair is 1 MiB and shares L2 with the blocks of x, which was
+// not measured. An odd last tile pairs with itself, and its second copy stores nothing.
 W8A8_AMX_BF16 void AmxMultiply(const uint16_t* parts, int64_t part_values, int64_t m,
                                int64_t pairs, const uint16_t* packed, float* y, int64_t n) {
   const int64_t tiles = (n + kTileRows - 1) / kTileRows;

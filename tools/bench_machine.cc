@@ -115,7 +115,9 @@ class ReadBuffer {
     uint8_t* data = data_;
     const int64_t bytes = bytes_;
 #pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < bytes; i += 4096) std::fill(data + i, data + i + 4096, uint8_t{1});
+    for (int64_t i = 0; i < bytes; i += 4096) {
+      std::fill(data + i, data + std::min(i + 4096, bytes), uint8_t{1});
+    }
   }
   ~ReadBuffer() {
     if (data_ != nullptr) kernels::FreeWeightBytes(data_, static_cast<size_t>(bytes_));

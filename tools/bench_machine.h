@@ -29,7 +29,7 @@ struct ReadPattern {
   std::string Describe() const;
 };
 
-// The rate of the fastest chunk that one read pattern read in a measurement.
+// The fastest and median chunk rates of one read pattern in a measurement.
 struct ReadResult {
   ReadPattern pattern;
   double gbs = 0.0;         // The fastest chunk's rate.

@@ -195,8 +195,8 @@ absl::StatusOr<nlohmann::json> BenchPlan(const Checkpoint& checkpoint, const std
         {"tokens_per_second", static_cast<double>(sequences) / timing->mean_seconds}};
     if (read_gbs > 0) {
       entry["bandwidth_fraction"] = bytes_per_step / timing->mean_seconds / (read_gbs * 1e9);
-      // Like the read ceiling, which is the fastest of many timed chunks, this takes the
-      // fastest step, so both sides of the ratio are the least disturbed reading.
+      // The least disturbed step, like the ceiling's fastest chunk. One step reads about a
+      // hundred chunks' worth, so this stays below what an undisturbed chunk would give.
       entry["fastest_step_bandwidth_fraction"] =
           bytes_per_step / timing->fastest_seconds / (read_gbs * 1e9);
     }
