@@ -211,6 +211,18 @@ W8A8_AVX512 void Avx512Groups(const float* x, int64_t m, int64_t k, int64_t pair
   }
 }
 
+// Runs Avx512Groups<kT> with the software prefetch when `prefetch` is true.
+template <int kT>
+W8A8_AVX512 void Avx512GroupsPrefetchIf(bool prefetch, const float* x, int64_t m, int64_t k,
+                                        int64_t pairs, const uint16_t* packed, float* y,
+                                        int64_t n) {
+  if (prefetch) {
+    Avx512Groups<kT, true>(x, m, k, pairs, packed, y, n);
+  } else {
+    Avx512Groups<kT, false>(x, m, k, pairs, packed, y, n);
+  }
+}
+
 W8A8_AVX512 void Avx512Multiply(const float* x, int64_t m, int64_t k, int64_t pairs,
                                 const uint16_t* packed, float* y, int64_t n) {
   // Fewer rows of x leave registers for more tiles, which are more accumulators to hide the
@@ -220,17 +232,9 @@ W8A8_AVX512 void Avx512Multiply(const float* x, int64_t m, int64_t k, int64_t pa
   // See kPrefetchBytes for why AmxBf16Usable() decides the prefetch over 4 and 8 tiles.
   const bool prefetch_many_tiles = AmxBf16Usable();
   if (m == 1) {
-    if (prefetch_many_tiles) {
-      Avx512Groups<8, true>(x, m, k, pairs, packed, y, n);
-    } else {
-      Avx512Groups<8, false>(x, m, k, pairs, packed, y, n);
-    }
+    Avx512GroupsPrefetchIf<8>(prefetch_many_tiles, x, m, k, pairs, packed, y, n);
   } else if (m == 2) {
-    if (prefetch_many_tiles) {
-      Avx512Groups<4, true>(x, m, k, pairs, packed, y, n);
-    } else {
-      Avx512Groups<4, false>(x, m, k, pairs, packed, y, n);
-    }
+    Avx512GroupsPrefetchIf<4>(prefetch_many_tiles, x, m, k, pairs, packed, y, n);
   } else if (m <= 4) {
     Avx512Groups<2, true>(x, m, k, pairs, packed, y, n);
   } else {
@@ -282,6 +286,19 @@ uint16_t RoundToBf16(float value) {
   std::memcpy(&bits, &value, sizeof(bits));
   bits += 0x7fffu + ((bits >> 16) & 1u);
   return static_cast<uint16_t>(bits >> 16);
+}
+
+// Loads one step of a tile of the matrix (its two halves) into tile registers 6 and 7 and adds
+// its products with both parts of x (registers 4 and 5) to accumulators kFirstHalf and
+// kFirstHalf + 1.
+template <int kFirstHalf>
+W8A8_AMX_BF16 inline void AmxTileStep(const uint16_t* step) {
+  _tile_loadd(6, step, kPairStride);
+  _tile_loadd(7, step + kHalfValues, kPairStride);
+  _tile_dpbf16ps(kFirstHalf, 4, 6);
+  _tile_dpbf16ps(kFirstHalf + 1, 4, 7);
+  _tile_dpbf16ps(kFirstHalf, 5, 6);
+  _tile_dpbf16ps(kFirstHalf + 1, 5, 7);
 }
 
 // Computes y, threading with OpenMP over pairs of tiles of the matrix. `parts` contains the two
@@ -341,18 +358,8 @@ W8A8_AMX_BF16 void AmxMultiply(const uint16_t* parts, int64_t part_values, int64
           }
           _tile_loadd(4, high + 2 * p, x_stride);
           _tile_loadd(5, low + 2 * p, x_stride);
-          _tile_loadd(6, first_step, kPairStride);
-          _tile_loadd(7, first_step + kHalfValues, kPairStride);
-          _tile_dpbf16ps(0, 4, 6);
-          _tile_dpbf16ps(1, 4, 7);
-          _tile_dpbf16ps(0, 5, 6);
-          _tile_dpbf16ps(1, 5, 7);
-          _tile_loadd(6, second_step, kPairStride);
-          _tile_loadd(7, second_step + kHalfValues, kPairStride);
-          _tile_dpbf16ps(2, 4, 6);
-          _tile_dpbf16ps(3, 4, 7);
-          _tile_dpbf16ps(2, 5, 6);
-          _tile_dpbf16ps(3, 5, 7);
+          AmxTileStep<0>(first_step);
+          AmxTileStep<2>(second_step);
         }
         _tile_stored(0, sums[0], 16 * sizeof(float));
         _tile_stored(1, sums[1], 16 * sizeof(float));
