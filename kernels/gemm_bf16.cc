@@ -288,19 +288,6 @@ uint16_t RoundToBf16(float value) {
   return static_cast<uint16_t>(bits >> 16);
 }
 
-// Loads one step of a tile of the matrix (its two halves) into tile registers 6 and 7 and adds
-// its products with both parts of x (registers 4 and 5) to accumulators kFirstHalf and
-// kFirstHalf + 1.
-template <int kFirstHalf>
-W8A8_AMX_BF16 inline void AmxTileStep(const uint16_t* step) {
-  _tile_loadd(6, step, kPairStride);
-  _tile_loadd(7, step + kHalfValues, kPairStride);
-  _tile_dpbf16ps(kFirstHalf, 4, 6);
-  _tile_dpbf16ps(kFirstHalf + 1, 4, 7);
-  _tile_dpbf16ps(kFirstHalf, 5, 6);
-  _tile_dpbf16ps(kFirstHalf + 1, 5, 7);
-}
-
 // Computes y, threading with OpenMP over pairs of tiles of the matrix. `parts` contains the two
 // parts of x one after the other, each as `part_values` row-major BF16 values with 2 * pairs
 // columns, zero past column k and, for m > 16, past row m up to a multiple of 16 rows. Tile
@@ -358,8 +345,20 @@ W8A8_AMX_BF16 void AmxMultiply(const uint16_t* parts, int64_t part_values, int64
           }
           _tile_loadd(4, high + 2 * p, x_stride);
           _tile_loadd(5, low + 2 * p, x_stride);
-          AmxTileStep<0>(first_step);
-          AmxTileStep<2>(second_step);
+          // GCC's tile intrinsics paste their register numbers into the asm text, so they
+          // must be literals, and the steps of the two tiles are written out.
+          _tile_loadd(6, first_step, kPairStride);
+          _tile_loadd(7, first_step + kHalfValues, kPairStride);
+          _tile_dpbf16ps(0, 4, 6);
+          _tile_dpbf16ps(1, 4, 7);
+          _tile_dpbf16ps(0, 5, 6);
+          _tile_dpbf16ps(1, 5, 7);
+          _tile_loadd(6, second_step, kPairStride);
+          _tile_loadd(7, second_step + kHalfValues, kPairStride);
+          _tile_dpbf16ps(2, 4, 6);
+          _tile_dpbf16ps(3, 4, 7);
+          _tile_dpbf16ps(2, 5, 6);
+          _tile_dpbf16ps(3, 5, 7);
         }
         _tile_stored(0, sums[0], 16 * sizeof(float));
         _tile_stored(1, sums[1], 16 * sizeof(float));
