@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "core/status_macros.h"
+#include "kernels/bf16.h"
 
 namespace w8a8 {
 namespace {
@@ -199,17 +200,8 @@ uint16_t FloatToHalf(float value) {
   return sign | static_cast<uint16_t>((magnitude - 0x38000000) >> 13);
 }
 
-float BFloat16ToFloat(uint16_t bits) {
-  return std::bit_cast<float>(static_cast<uint32_t>(bits) << 16);
-}
+float BFloat16ToFloat(uint16_t bits) { return kernels::Bf16ToFloat(bits); }
 
-uint16_t FloatToBFloat16(float value) {
-  const uint32_t bits = std::bit_cast<uint32_t>(value);
-  if ((bits & 0x7fffffff) > 0x7f800000) {
-    return static_cast<uint16_t>((bits >> 16) | 0x40);  // Quiet NaN.
-  }
-  const uint32_t rounded = bits + 0x7fff + ((bits >> 16) & 1);
-  return static_cast<uint16_t>(rounded >> 16);
-}
+uint16_t FloatToBFloat16(float value) { return kernels::FloatToBf16(value); }
 
 }  // namespace w8a8

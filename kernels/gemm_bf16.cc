@@ -9,6 +9,7 @@
 #include <cstring>
 #include <vector>
 
+#include "kernels/bf16.h"
 #include "kernels/gemm.h"
 
 // GCC 12 reports the deliberately undefined pass-through operands inside avx512fintrin.h as
@@ -51,13 +52,6 @@ constexpr int64_t kConvertRows = 1024;
 // prefetch cannot fault.
 constexpr uintptr_t kPrefetchBytes = 2048;
 
-float Bf16Value(uint16_t value) {
-  const uint32_t bits = static_cast<uint32_t>(value) << 16;
-  float result;
-  std::memcpy(&result, &bits, sizeof(result));
-  return result;
-}
-
 // Computes y for the 32 rows of tile `tile` against m rows of x, without vector intrinsics.
 // NOTE: kAvx2 runs this loop too, at whatever width the compiler vectorizes it for the
 // baseline ISA.
@@ -74,7 +68,7 @@ void PlainTile(const float* x, int64_t m, int64_t k, int64_t pairs, const uint16
       // The column past an odd last column is zero in the matrix, but x has no input there.
       const float odd = 2 * p + 1 < k ? in[2 * p + 1] : 0.0f;
       for (int64_t row = 0; row < kTileRows; ++row) {
-        sums[row] += even * Bf16Value(values[2 * row]) + odd * Bf16Value(values[2 * row + 1]);
+        sums[row] += even * Bf16ToFloat(values[2 * row]) + odd * Bf16ToFloat(values[2 * row + 1]);
       }
     }
     std::memcpy(y + r * n + first_row, sums, sizeof(float) * static_cast<size_t>(valid));
@@ -280,14 +274,6 @@ struct alignas(64) AmxTileConfig {
   uint8_t rows[16] = {};
 };
 
-// Rounds an FP32 value to the nearest BF16 value, ties to even.
-uint16_t RoundToBf16(float value) {
-  uint32_t bits;
-  std::memcpy(&bits, &value, sizeof(bits));
-  bits += 0x7fffu + ((bits >> 16) & 1u);
-  return static_cast<uint16_t>(bits >> 16);
-}
-
 // Computes y, threading with OpenMP over pairs of tiles of the matrix. `parts` contains the two
 // parts of x one after the other, each as `part_values` row-major BF16 values with 2 * pairs
 // columns, zero past column k and, for m > 16, past row m up to a multiple of 16 rows. Tile
@@ -414,7 +400,7 @@ void Bf16Matrix::Row(int64_t row, float* out) const {
   const uint16_t* values =
       packed_.data() + row / kTileRows * pairs_ * kPairValues + row % kTileRows * 2;
   for (int64_t col = 0; col < cols_; ++col) {
-    out[col] = Bf16Value(values[col / 2 * kPairValues + col % 2]);
+    out[col] = Bf16ToFloat(values[col / 2 * kPairValues + col % 2]);
   }
 }
 
@@ -440,9 +426,9 @@ void Bf16Matrix::Multiply(Isa isa, const float* x, int64_t m, float* y, bool all
         for (int64_t c = 0; c < cols_; ++c) {
           float rest = x[r * cols_ + c];
           for (int64_t part = 0; part < kAmxParts; ++part) {
-            const uint16_t rounded = RoundToBf16(rest);
+            const uint16_t rounded = FloatToBf16(rest);
             parts[static_cast<size_t>(part * part_values + r * padded_cols + c)] = rounded;
-            rest -= Bf16Value(rounded);
+            rest -= Bf16ToFloat(rounded);
           }
         }
       }

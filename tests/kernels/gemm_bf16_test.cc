@@ -1,5 +1,6 @@
 #include "kernels/gemm_bf16.h"
 
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -203,6 +204,31 @@ TEST(Bf16MatrixTest, ScaledPermutationsMatchTheirInputs) {
               << IsaName(isa) << (allow_amx ? " with AMX" : "") << " m=" << m << " at " << r
               << ", " << row;
         }
+      }
+    }
+  }
+}
+
+// A NaN input makes every output of its row NaN on every path, and leaves the other rows
+// finite. This NaN has every mantissa bit set, so rounding its bits to BF16 without a check
+// carries into the sign and gives -0, which the split of x into BF16 parts for AMX must avoid.
+TEST(Bf16MatrixTest, NanInputGivesNanRow) {
+  constexpr int64_t kN = 40, kK = 64, kM = 9, kNanRow = 3;
+  std::vector<uint16_t> w(kN * kK);
+  for (size_t i = 0; i < w.size(); ++i) w[i] = ToBf16Truncated(static_cast<float>(i % 7) - 3.0f);
+  const Bf16Matrix matrix(w.data(), kN, kK);
+  std::vector<float> x(kM * kK, 0.5f);
+  x[kNanRow * kK + 10] = std::bit_cast<float>(0x7fffffffu);
+  std::vector<std::pair<Isa, bool>> paths;
+  for (Isa isa : SupportedIsas()) paths.push_back({isa, false});
+  if (AmxBf16Usable()) paths.push_back({Isa::kAvx512Vnni, true});
+  for (const auto& [isa, allow_amx] : paths) {
+    std::vector<float> y(kM * kN, 0.0f);
+    matrix.Multiply(isa, x.data(), kM, y.data(), allow_amx);
+    for (int64_t r = 0; r < kM; ++r) {
+      for (int64_t row = 0; row < kN; ++row) {
+        EXPECT_EQ(std::isnan(y[r * kN + row]), r == kNanRow)
+            << IsaName(isa) << (allow_amx ? " with AMX" : "") << " at " << r << ", " << row;
       }
     }
   }
