@@ -17,6 +17,7 @@
 #include "core/block_allocator.h"
 #include "core/engine_sequence.h"
 #include "core/scheduler.h"
+#include "kernels/parallel.h"
 #include "kernels/threads.h"
 #include "spdlog/spdlog.h"
 
@@ -628,8 +629,8 @@ void Engine::Impl::RunModel(const std::shared_ptr<const Model>& model,
   // and random generator, so the tokens do not depend on the order.
   const int64_t count = static_cast<int64_t>(samples.size());
   const bool parallel = count > 1 && vocab >= kParallelSamplingMinVocab;
-#pragma omp parallel for schedule(dynamic, 1) if (parallel)
-  for (int64_t i = 0; i < count; ++i) samples[i].first->SampleNext(samples[i].second, now);
+  kernels::ParallelForDynamic(
+      count, parallel, [&](int64_t i) { samples[i].first->SampleNext(samples[i].second, now); });
 }
 
 void Engine::Impl::Deliver(const StepStats* step) {

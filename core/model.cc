@@ -13,6 +13,7 @@
 #include "kernels/fused.h"
 #include "kernels/gemm.h"
 #include "kernels/gemm_bf16.h"
+#include "kernels/parallel.h"
 
 namespace w8a8 {
 
@@ -452,14 +453,16 @@ void Model::RunChunk(std::span<const ChunkStep> steps, KvCache& cache,
   constexpr int64_t kAttentionTokens = 32;
   std::vector<AttentionItem>& attention_items = buffers.attention_items;
   attention_items.clear();
-  int64_t attention_work = 0;  // Sum of tokens x context, to skip threads for tiny batches.
+  // Multiply-adds of the scores (as many again for the values), at most: tokens x context x
+  // heads x head_dim. Small batches of short contexts run on the calling thread.
+  int64_t attention_work = 0;
   for (int64_t s = 0, first_token = 0; s < static_cast<int64_t>(steps.size()); ++s) {
     const ChunkStep& step = steps[static_cast<size_t>(s)];
     const int64_t count = static_cast<int64_t>(step.tokens.size());
     for (int64_t t = 0; t < count; t += kAttentionTokens) {
       const int64_t tokens = std::min(kAttentionTokens, count - t);
       attention_items.push_back({s, first_token + t, step.start_position + t, tokens});
-      attention_work += tokens * (step.start_position + t + tokens) * num_heads;
+      attention_work += tokens * (step.start_position + t + tokens) * num_heads * head_dim;
     }
     first_token += count;
   }
@@ -543,8 +546,8 @@ void Model::RunChunk(std::span<const ChunkStep> steps, KvCache& cache,
     const kernels::PagedKv layer_kv_base{cache.keys(layer_index, 0), cache.values(layer_index, 0),
                                          cache.floats_per_block(), block_size, nullptr};
     const int64_t items = static_cast<int64_t>(attention_items.size()) * num_kv_heads;
-#pragma omp parallel for schedule(dynamic, 1) if (attention_work >= 4096)
-    for (int64_t item = 0; item < items; ++item) {
+    kernels::ParallelForDynamic(items, attention_work >= kernels::kMinThreadedMacs,
+                                [&](int64_t item) {
       const AttentionItem& range = attention_items[static_cast<size_t>(item / num_kv_heads)];
       kernels::PagedKv kv = layer_kv_base;
       kv.block_table = steps[static_cast<size_t>(range.step)].block_table.data();
@@ -553,7 +556,7 @@ void Model::RunChunk(std::span<const ChunkStep> steps, KvCache& cache,
                                      range.tokens, range.first_position,
                                      attention.data() + range.first_token * q_features,
                                      q_features);
-    }
+    });
 
     layer.o_proj->Forward(attention.data(), num_tokens, residual.data());
     for (size_t i = 0; i < x.size(); ++i) x[i] += residual[i];

@@ -5,6 +5,7 @@
 
 #include "kernels/gemm.h"
 #include "kernels/gemm_f32_internal.h"
+#include "kernels/parallel.h"
 
 namespace w8a8::kernels {
 namespace {
@@ -51,23 +52,19 @@ void GemmF32Portable(const float* x, const float* w, float* y, int64_t m, int64_
                      int64_t k) {
   // Each thread owns a range of output columns, so every row of w is read by one thread only.
   // For m > kRowBlock the rows of w are reread once per block of rows of x.
-#pragma omp parallel for schedule(static) if (n * k * m >= (int64_t{1} << 16))
-  for (int64_t col = 0; col < n; ++col) {
+  ParallelFor(n, n * k * m >= kMinThreadedMacs, [&](int64_t col) {
     const float* w_row = w + col * k;
     for (int64_t row = 0; row < m; row += kRowBlock) {
       const int64_t rows = std::min(kRowBlock, m - row);
       DotRows(x + row * k, w_row, y + row * n, rows, n, k, col);
     }
-  }
+  });
 }
 
 // The m = 1 case on AVX2 or AVX-512: threads split the weight rows into contiguous ranges.
 void GemmF32Decode(Isa isa, const float* x, const float* w, float* y, int64_t n, int64_t k) {
-  const int64_t threads = n * k >= (int64_t{1} << 16) ? omp_get_max_threads() : 1;
-#pragma omp parallel num_threads(static_cast<int>(threads))
-  {
-    const int64_t count = omp_get_num_threads();
-    const int64_t index = omp_get_thread_num();
+  const int64_t threads = n * k >= kMinThreadedMacs ? omp_get_max_threads() : 1;
+  ParallelRegion(threads, [&](int64_t index, int64_t count) {
     // Ranges start at multiples of 4 rows, which the kernels process together.
     const int64_t quads = (n + 3) / 4;
     const int64_t begin = std::min(n, quads * index / count * 4);
@@ -77,7 +74,7 @@ void GemmF32Decode(Isa isa, const float* x, const float* w, float* y, int64_t n,
     } else {
       internal::DotColumnsAvx2(x, w, y, k, begin, end);
     }
-  }
+  });
 }
 
 }  // namespace
@@ -95,6 +92,12 @@ void GemmF32(Isa isa, const float* x, const float* w, float* y, int64_t m, int64
   }
   if (m == 1) {
     GemmF32Decode(isa, x, w, y, n, k);
+    return;
+  }
+  if (m * n * k < kMinThreadedMacs) {
+    // oneDNN runs even a small product on all threads, so a small one runs here row by row
+    // on the calling thread.
+    for (int64_t row = 0; row < m; ++row) GemmF32Decode(isa, x + row * k, w, y + row * n, n, k);
     return;
   }
   if (!internal::OneDnnGemmF32(x, w, y, m, n, k)) GemmF32Portable(x, w, y, m, n, k);

@@ -12,6 +12,7 @@
 #include "kernels/gemm.h"
 #include "kernels/int8_packed.h"
 #include "kernels/onednn_int8_matmul.h"
+#include "kernels/parallel.h"
 #include "kernels/reference.h"
 
 namespace w8a8::kernels {
@@ -64,16 +65,14 @@ class PackedInt8Matmul final : public Int8Matmul {
 
     // Threads split the column blocks when there are enough of them, so each thread streams
     // its own part of the weights once. Otherwise they split the rows. Column ranges are
-    // whole quads of kBlockQuad blocks.
+    // whole quads of kBlockQuad blocks. A small product runs on the calling thread.
     const int64_t blocks = packed_.blocks;
     const int64_t units = packed_.quads;
-    const int threads = omp_get_max_threads();
+    const int threads =
+        m * packed_.n * packed_.k >= kMinThreadedMacs ? omp_get_max_threads() : 1;
     const bool split_columns = units >= 2 * threads || m < threads;
     const int64_t work = split_columns ? units : m;
-#pragma omp parallel num_threads(static_cast<int>(std::min<int64_t>(threads, work)))
-    {
-      const int64_t count = omp_get_num_threads();
-      const int64_t index = omp_get_thread_num();
+    ParallelRegion(std::min<int64_t>(threads, work), [&](int64_t index, int64_t count) {
       const int64_t begin = work * index / count;
       const int64_t end = work * (index + 1) / count;
       if (split_columns) {
@@ -83,7 +82,7 @@ class PackedInt8Matmul final : public Int8Matmul {
         RunRange(xa + begin * padded_k, x_scales + begin, end - begin, 0, blocks,
                  y + begin * packed_.n);
       }
-    }
+    });
   }
   int64_t n() const override { return packed_.n; }
   int64_t k() const override { return packed_.k; }
@@ -136,7 +135,9 @@ class PerChannelAvx512Matmul final : public Int8Matmul {
         onednn_(std::move(onednn)) {}
 
   void Run(const int8_t* xq, const float* x_scales, int64_t m, float* y) const override {
-    if (m <= kPackedMaxRows || !onednn_->Accelerated(m)) {
+    // oneDNN runs even a small product on all threads, so a small one stays with the packed
+    // loop, which runs it on the calling thread.
+    if (m <= kPackedMaxRows || m * n() * k() < kMinThreadedMacs || !onednn_->Accelerated(m)) {
       packed_->Run(xq, x_scales, m, y);
     } else {
       onednn_->Run(xq, x_scales, m, y);

@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "kernels/onednn_engine.h"
+#include "kernels/parallel.h"
 
 namespace w8a8::kernels::internal {
 namespace {
@@ -25,6 +26,20 @@ using Primitive = MatmulPrimitive;
 // The row count of the product for which oneDNN picks the weight layout. oneDNN runs only
 // products of several rows, because the packed loop computes single rows.
 constexpr int64_t kLayoutRows = 16;
+
+// Turns the int32 sums that oneDNN wrote into one row of y into FP32 outputs, in place, with
+// the arithmetic of the packed loop and the reference: the exact int32 sum, times the weight
+// scale, times the activation scale, each product rounded to FP32. GCC left this loop scalar
+// inside a lambda body, so it is a function of its own.
+void FinishRow(float* y_row, int64_t n, const int32_t* compensation, const float* scales,
+               float x_scale) {
+#pragma omp simd
+  for (int64_t col = 0; col < n; ++col) {
+    int32_t sum;
+    std::memcpy(&sum, y_row + col, sizeof(sum));
+    y_row[col] = static_cast<float>(sum + compensation[col]) * scales[col] * x_scale;
+  }
+}
 
 class OneDnnInt8MatmulImpl final : public OneDnnInt8Matmul {
  public:
@@ -100,22 +115,10 @@ class OneDnnInt8MatmulImpl final : public OneDnnInt8Matmul {
       Fail("execute", m, error);
     }
 
-    // The same arithmetic as the packed loop and the reference: the exact int32 sum, times
-    // the weight scale, times the activation scale, each product rounded to FP32.
     const int64_t n = n_;
-    const int32_t* compensation = compensation_.data();
-    const float* scales = scales_.data();
-#pragma omp parallel for schedule(static) if (m * n >= (int64_t{1} << 16))
-    for (int64_t row = 0; row < m; ++row) {
-      const float x_scale = x_scales[row];
-      float* y_row = y + row * n;
-#pragma omp simd
-      for (int64_t col = 0; col < n; ++col) {
-        int32_t sum;
-        std::memcpy(&sum, y_row + col, sizeof(sum));
-        y_row[col] = static_cast<float>(sum + compensation[col]) * scales[col] * x_scale;
-      }
-    }
+    ParallelFor(m, m * n >= kMinThreadedElements, [&](int64_t row) {
+      FinishRow(y + row * n, n, compensation_.data(), scales_.data(), x_scales[row]);
+    });
   }
 
   int64_t n() const override { return n_; }

@@ -15,6 +15,7 @@
 #include "kernels/gemm.h"
 #include "kernels/int8_packed.h"
 #include "kernels/onednn_int8_matmul.h"
+#include "kernels/parallel.h"
 #include "kernels/reference.h"
 #include "oneapi/dnnl/dnnl.hpp"
 
@@ -309,6 +310,7 @@ TEST(Int8Matmul, OneDnnRejectsShortCompensation) {
 
 // Run splits the column quads among OpenMP threads when there are at least two per thread,
 // and the rows otherwise. Uneven splits must still cover every column and row exactly once.
+// Every shape here has enough multiply-adds for Run to use the threads at all.
 TEST(Int8Matmul, ThreadSplitsAreExact) {
   const int saved_threads = omp_get_max_threads();
   uint32_t seed = 9700;
@@ -316,12 +318,14 @@ TEST(Int8Matmul, ThreadSplitsAreExact) {
     omp_set_num_threads(threads);
     // 336 columns are 21 blocks in 6 quads, the last one partial, so the threads split columns.
     for (int64_t m : {1, 2, 4, 7}) {
-      ExpectMatchesReference(m, /*n=*/336, /*k=*/100, /*group_size=*/32, /*unit_scales=*/true,
+      ASSERT_GE(m * 336 * 3200, kMinThreadedMacs);
+      ExpectMatchesReference(m, /*n=*/336, /*k=*/3200, /*group_size=*/32, /*unit_scales=*/true,
                              seed += 4);
     }
     // 48 columns are one quad, so the threads split rows.
     for (int64_t m : {3, 5, 13}) {
-      ExpectMatchesReference(m, /*n=*/48, /*k=*/100, /*group_size=*/0, /*unit_scales=*/true,
+      ASSERT_GE(m * 48 * 7300, kMinThreadedMacs);
+      ExpectMatchesReference(m, /*n=*/48, /*k=*/7300, /*group_size=*/0, /*unit_scales=*/true,
                              seed += 4);
     }
   }
