@@ -5,6 +5,7 @@
 #include <limits>
 #include <numeric>
 #include <optional>
+#include <random>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
@@ -20,6 +21,17 @@ constexpr double kShortlistFloor = 1e-7;
 // Tokens whose logit is more than this many temperatures below the best have a relative
 // probability under exp(-40) = 4.2e-18. Even 128K of them move the total by under 6e-13.
 constexpr double kNegligibleLogit = 40.0;
+
+// Returns a seed for a sampler whose request has none. Each thread seeds its own generator
+// once from std::random_device, because its constructor runs CPUID, which exits to the
+// hypervisor on a VM. Seeding every request from it took 1.4% of a server's CPU.
+uint64_t UnseededDraw() {
+  thread_local std::mt19937_64 generator = [] {
+    std::random_device device;
+    return std::mt19937_64((static_cast<uint64_t>(device()) << 32) ^ device());
+  }();
+  return generator();
+}
 
 absl::Status OutOfRange(const char* field, double value, const char* range) {
   return absl::InvalidArgumentError(
@@ -83,12 +95,7 @@ absl::Status SamplingParams::Validate() const {
 }
 
 Sampler::Sampler(const SamplingParams& params) : params_(params) {
-  uint64_t seed = params.seed;
-  if (!params.has_seed) {
-    std::random_device device;
-    seed = (static_cast<uint64_t>(device()) << 32) ^ device();
-  }
-  rng_.seed(seed);
+  rng_.seed(params.has_seed ? params.seed : UnseededDraw());
 }
 
 void Sampler::ApplyPenalties(std::span<float> logits, std::span<const int32_t> history) const {

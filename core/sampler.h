@@ -37,8 +37,8 @@ struct SamplingParams {
 // every standard library. Not thread-safe: one Sampler per sequence.
 class Sampler {
  public:
-  // `params` should have passed Validate(). Without params.has_seed, the seed comes from
-  // std::random_device.
+  // `params` should have passed Validate(). Without params.has_seed, the seed is the next draw
+  // of a per-thread std::mt19937_64 seeded from std::random_device.
   explicit Sampler(const SamplingParams& params);
   // Picks the next token. `history` holds the tokens the penalties count (the generator passes
   // the prompt and the generated tokens); ids outside `logits` are ignored. `logits` is
