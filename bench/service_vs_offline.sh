@@ -17,7 +17,10 @@
 #   ROUNDS (3), THREADS (0: every core), PROMPT ("Once upon a time"), READY_SECONDS (600: the
 #   longest wait for the server to load the model), OUT (a directory that keeps the JSON
 #   reports), SERVER_FLAGS (extra w8a8-server flags, split at spaces, such as
-#   "--stream-interval 8"; the offline run has no counterpart to them).
+#   "--stream-interval 8"; the offline run has no counterpart to them), LOAD_FLAGS (extra
+#   `w8a8-client load` flags, such as "--unary"). With --unary the client sends Generate
+#   calls instead of streams, so its side reports no time to first token or inter-token
+#   latency.
 # It builds nothing.
 set -euo pipefail
 
@@ -33,6 +36,7 @@ threads=${THREADS:-0}
 prompt=${PROMPT:-Once upon a time}
 ready_seconds=${READY_SECONDS:-600}
 read -r -a server_flags <<<"${SERVER_FLAGS:-}"
+read -r -a load_flags <<<"${LOAD_FLAGS:-}"
 export OMP_WAIT_POLICY=passive
 
 server_bin=$build_dir/server/w8a8-server
@@ -121,7 +125,7 @@ start_server() {
 
 echo "model $model, plan $plan, threads $threads, $requests requests x $max_tokens tokens," \
   "prompt '$prompt', $rounds rounds, OMP_WAIT_POLICY=$OMP_WAIT_POLICY," \
-  "server flags '${SERVER_FLAGS:-}'"
+  "server flags '${SERVER_FLAGS:-}', load flags '${LOAD_FLAGS:-}'"
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 expected=$((requests * max_tokens))
 for concurrency in $concurrencies; do
@@ -134,6 +138,7 @@ for concurrency in $concurrencies; do
     server_cpu_start=$(process_cpu_seconds "$server_pid")
     "$client_bin" load --address "$address" --prompt "$prompt" --max-tokens "$max_tokens" \
       --ignore-eos --requests "$requests" --concurrency "$concurrency" --json \
+      ${load_flags[@]+"${load_flags[@]}"} \
       >"$work/client-report.json"
     server_cpu_end=$(process_cpu_seconds "$server_pid")
     stop_server
@@ -174,6 +179,12 @@ import json, statistics, sys
 
 out, rounds, concurrencies = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 print("service / offline; tok/s and p50 latencies are medians over the rounds")
+def ms(reports, key):
+    # Median p50 in milliseconds, or "-" where a side measured none (unary calls).
+    if any(r[key]["count"] == 0 for r in reports):
+        return "-"
+    return "%.3f ms" % (statistics.median(r[key]["p50"] for r in reports) * 1e3)
+
 print("%11s  %13s  %13s  %6s  %-24s  %9s  %9s  %9s  %9s  %11s  %11s  %9s" % (
     "concurrency", "service tok/s", "offline tok/s", "ratio", "ratio per round",
     "TTFT svc", "TTFT off", "ITL svc", "ITL off", "CPU us/tok svc", "CPU us/tok off",
@@ -194,13 +205,11 @@ for concurrency in concurrencies:
     service_cpu = statistics.median(
         (r["server_cpu_seconds"] + r["cpu_seconds"]) / r["generated_tokens"] for r in service)
     offline_cpu = statistics.median(r["cpu_seconds"] / r["generated_tokens"] for r in offline)
-    print("%11s  %13.1f  %13.1f  %6.3f  %-24s  %6.2f ms  %6.2f ms  %6.3f ms  %6.3f ms  "
+    print("%11s  %13.1f  %13.1f  %6.3f  %-24s  %9s  %9s  %9s  %9s  "
           "%14.1f  %14.1f  %9.2f" % (
         concurrency, service_rate, offline_rate, service_rate / offline_rate, per_round,
-        median(service, "time_to_first_token_seconds", "p50") * 1e3,
-        median(offline, "time_to_first_token_seconds", "p50") * 1e3,
-        median(service, "inter_token_latency_seconds", "p50") * 1e3,
-        median(offline, "inter_token_latency_seconds", "p50") * 1e3,
+        ms(service, "time_to_first_token_seconds"), ms(offline, "time_to_first_token_seconds"),
+        ms(service, "inter_token_latency_seconds"), ms(offline, "inter_token_latency_seconds"),
         service_cpu * 1e6, offline_cpu * 1e6, service_cpu / offline_cpu))
 PYTHON
 if [[ -n ${OUT:-} ]]; then echo "JSON reports in $out"; fi

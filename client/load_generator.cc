@@ -65,6 +65,7 @@ LoadReport RunLoad(const std::shared_ptr<grpc::Channel>& channel,
   std::mutex mutex;
   LoadReport report;
   report.concurrency = options.concurrency;
+  report.unary = options.unary;
   std::vector<double> ttft, itl, latency;
   std::atomic<int64_t> started{0};
 
@@ -77,45 +78,64 @@ LoadReport RunLoad(const std::shared_ptr<grpc::Channel>& channel,
     return Clock::now() < end;
   };
 
+  // One call: the tokens it generated, the seconds to its first token (negative when
+  // unknown) and the gaps between tokens.
+  struct Call {
+    grpc::Status status;
+    int64_t tokens = 0;
+    double first_token = -1;
+    std::vector<double> gaps;
+  };
+  auto stream_call = [&](grpc::ClientContext& context, Clock::time_point sent) {
+    Call call;
+    std::unique_ptr<grpc::ClientReader<v1::GenerateStreamResponse>> reader =
+        stub->GenerateStream(&context, options.request);
+    v1::GenerateStreamResponse message;
+    Clock::time_point previous = sent;
+    while (reader->Read(&message)) {
+      const int count = message.token_ids_size();
+      if (count == 0) continue;
+      const Clock::time_point now = Clock::now();
+      if (call.first_token < 0) {
+        call.first_token = SecondsBetween(sent, now);
+        // Tokens that arrive with the first one share its latency.
+        for (int i = 1; i < count; ++i) call.gaps.push_back(0.0);
+      } else {
+        for (int i = 0; i < count; ++i) call.gaps.push_back(SecondsBetween(previous, now) / count);
+      }
+      previous = now;
+      call.tokens += count;
+    }
+    call.status = reader->Finish();
+    return call;
+  };
+  auto unary_call = [&](grpc::ClientContext& context) {
+    Call call;
+    v1::GenerateResponse response;
+    call.status = stub->Generate(&context, options.request, &response);
+    // With echo, token_ids also contains the prompt, so the count comes from usage.
+    call.tokens = response.usage().completion_tokens();
+    return call;
+  };
+
   auto worker = [&] {
     while (take_request()) {
       grpc::ClientContext context;
       PrepareContext(connection, context);
       const Clock::time_point sent = Clock::now();
-      std::unique_ptr<grpc::ClientReader<v1::GenerateStreamResponse>> reader =
-          stub->GenerateStream(&context, options.request);
-      v1::GenerateStreamResponse message;
-      std::vector<double> gaps;
-      double first_token = -1;
-      Clock::time_point previous = sent;
-      int64_t tokens = 0;
-      while (reader->Read(&message)) {
-        const int count = message.token_ids_size();
-        if (count == 0) continue;
-        const Clock::time_point now = Clock::now();
-        if (first_token < 0) {
-          first_token = SecondsBetween(sent, now);
-          // Tokens that arrive with the first one share its latency.
-          for (int i = 1; i < count; ++i) gaps.push_back(0.0);
-        } else {
-          for (int i = 0; i < count; ++i) gaps.push_back(SecondsBetween(previous, now) / count);
-        }
-        previous = now;
-        tokens += count;
-      }
-      const grpc::Status status = reader->Finish();
+      Call call = options.unary ? unary_call(context) : stream_call(context, sent);
       const double total = SecondsBetween(sent, Clock::now());
       std::lock_guard<std::mutex> lock(mutex);
-      if (status.ok()) {
+      if (call.status.ok()) {
         ++report.succeeded;
-        report.generated_tokens += tokens;
-        if (first_token >= 0) ttft.push_back(first_token);
-        itl.insert(itl.end(), gaps.begin(), gaps.end());
+        report.generated_tokens += call.tokens;
+        if (call.first_token >= 0) ttft.push_back(call.first_token);
+        itl.insert(itl.end(), call.gaps.begin(), call.gaps.end());
         latency.push_back(total);
       } else {
         ++report.failed;
-        ++report.errors[StatusCodeName(status.error_code())];
-        if (report.first_error.empty()) report.first_error = status.error_message();
+        ++report.errors[StatusCodeName(call.status.error_code())];
+        if (report.first_error.empty()) report.first_error = call.status.error_message();
       }
     }
   };
@@ -137,6 +157,7 @@ LoadReport RunLoad(const std::shared_ptr<grpc::Channel>& channel,
 
 nlohmann::json LoadReportToJson(const LoadReport& report) {
   return {{"concurrency", report.concurrency},
+          {"unary", report.unary},
           {"succeeded", report.succeeded},
           {"failed", report.failed},
           {"errors", report.errors},
@@ -153,13 +174,15 @@ nlohmann::json LoadReportToJson(const LoadReport& report) {
 
 std::string FormatLoadReport(const LoadReport& report) {
   auto row = [](const char* name, const Percentiles& p) {
+    if (p.count == 0) return absl::StrFormat("%-22s %10s\n", name, "none");
     return absl::StrFormat("%-22s %10.2f %10.2f %10.2f %10.2f %10.2f\n", name, p.mean * 1e3,
                            p.p50 * 1e3, p.p90 * 1e3, p.p99 * 1e3, p.max * 1e3);
   };
   std::string text = absl::StrFormat(
-      "%d streams, %.2f s: %d succeeded, %d failed; %.2f requests/s, %.1f generated tokens/s\n",
-      report.concurrency, report.seconds, report.succeeded, report.failed,
-      report.requests_per_second, report.tokens_per_second);
+      "%d concurrent %s, %.2f s: %d succeeded, %d failed; %.2f requests/s, "
+      "%.1f generated tokens/s\n",
+      report.concurrency, report.unary ? "unary calls" : "streams", report.seconds,
+      report.succeeded, report.failed, report.requests_per_second, report.tokens_per_second);
   for (const auto& [code, count] : report.errors) {
     text += absl::StrFormat("  %s: %d\n", code, count);
   }

@@ -1,4 +1,5 @@
-// The `load` command: concurrent GenerateStream calls with latency percentiles.
+// The `load` command: concurrent GenerateStream calls (or unary Generate calls) with latency
+// percentiles.
 #pragma once
 
 #include <cstdint>
@@ -15,6 +16,9 @@ struct LoadOptions {
   int concurrency = 4;            // Streams open at once.
   double duration_seconds = 10;   // Used when `requests` is 0.
   int64_t requests = 0;           // Total requests; 0 runs for duration_seconds.
+  // Calls Generate, which returns the whole completion in one reply, instead of
+  // GenerateStream. The report then has no time to first token and no inter-token latency.
+  bool unary = false;
   w8a8serve::v1::GenerateRequest request;  // Sent by every stream; request_id stays empty.
 };
 
@@ -25,6 +29,7 @@ struct Percentiles {
 
 struct LoadReport {
   int concurrency = 0;
+  bool unary = false;
   int64_t succeeded = 0;
   int64_t failed = 0;
   std::map<std::string, int64_t> errors;  // gRPC status code name -> count.
@@ -34,9 +39,9 @@ struct LoadReport {
   double cpu_seconds = 0;  // User plus system CPU time of this process during the load.
   double requests_per_second = 0;
   double tokens_per_second = 0;
-  Percentiles time_to_first_token;  // Seconds from sending to the first token.
-  Percentiles inter_token_latency;  // Seconds per token after the first.
-  Percentiles request_latency;      // Seconds from sending to the end of the stream.
+  Percentiles time_to_first_token;  // Seconds from sending to the first token; streams only.
+  Percentiles inter_token_latency;  // Seconds per token after the first; streams only.
+  Percentiles request_latency;      // Seconds from sending to the end of the call.
 };
 
 // Runs the load and blocks until every stream has finished.

@@ -7,7 +7,7 @@
 //   w8a8-client quant get | analyze [--plan auto] | update (--plan NAME | --plan-file FILE) [--wait]
 //   w8a8-client health
 //   w8a8-client load [--concurrency 4] [--duration-seconds 10 | --requests N] [--max-tokens N]
-//                    [--ignore-eos] [--json]
+//                    [--ignore-eos] [--unary] [--json]
 //
 // Exit codes: 0 success, 1 the RPC failed (the message names the status code), 2 invalid
 // command line, 3 health check returned a status other than SERVING.
@@ -68,9 +68,12 @@ ABSL_FLAG(std::string, plan_file, "",
           "quant update: a plan or quantization config file (JSON or YAML) to send.");
 ABSL_FLAG(bool, wait, false, "quant update: wait until the new model serves.");
 ABSL_FLAG(std::string, service, "", "health: service name to check; empty checks the server.");
-ABSL_FLAG(int32_t, concurrency, 4, "load: concurrent streams.");
+ABSL_FLAG(int32_t, concurrency, 4, "load: concurrent calls.");
 ABSL_FLAG(double, duration_seconds, 10, "load: run time when --requests is 0.");
 ABSL_FLAG(int64_t, requests, 0, "load: total requests; 0 runs for --duration-seconds.");
+ABSL_FLAG(bool, unary, false,
+          "load: call Generate, one reply per request, instead of GenerateStream; reports no "
+          "time to first token or inter-token latency.");
 
 namespace w8a8::client {
 namespace {
@@ -283,6 +286,7 @@ int Run(const std::vector<std::string>& args) {
     load.concurrency = absl::GetFlag(FLAGS_concurrency);
     load.duration_seconds = absl::GetFlag(FLAGS_duration_seconds);
     load.requests = absl::GetFlag(FLAGS_requests);
+    load.unary = absl::GetFlag(FLAGS_unary);
     if (load.concurrency < 1) return Usage("--concurrency must be at least 1");
     if (load.requests < 0 || (load.requests == 0 && !(load.duration_seconds > 0))) {
       return Usage("load needs --requests > 0 or --duration-seconds > 0");

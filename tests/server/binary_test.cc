@@ -174,6 +174,27 @@ TEST(ClientBinaryTest, GeneratesAndChecksHealth) {
   EXPECT_EQ(report["failed"], 0);
   EXPECT_EQ(report["generated_tokens"], 96);
   EXPECT_EQ(report["time_to_first_token_seconds"]["count"], 12);
+  EXPECT_EQ(report["unary"], false);
+
+  // Unary calls return each completion in one reply, so only request latency is measured.
+  EXPECT_EQ(RunCommand(client + " load --unary --prompt 'Once upon a time' --max-tokens 8 "
+                                "--temperature 0 --concurrency 3 --requests 7 --json",
+                       &output),
+            0);
+  const nlohmann::json unary = nlohmann::json::parse(output, nullptr, false);
+  ASSERT_FALSE(unary.is_discarded()) << output;
+  EXPECT_EQ(unary["unary"], true);
+  EXPECT_EQ(unary["succeeded"], 7);
+  EXPECT_EQ(unary["failed"], 0);
+  EXPECT_EQ(unary["generated_tokens"], 56);
+  EXPECT_EQ(unary["request_latency_seconds"]["count"], 7);
+  EXPECT_EQ(unary["time_to_first_token_seconds"]["count"], 0);
+  EXPECT_EQ(RunCommand(client + " load --unary --prompt 'Once' --max-tokens 4 --concurrency 2 "
+                                "--requests 2",
+                       &output),
+            0);
+  EXPECT_THAT(output, HasSubstr("2 concurrent unary calls"));
+  EXPECT_THAT(output, HasSubstr("2 succeeded, 0 failed"));
 
   EXPECT_EQ(RunCommand(client + " info", &output), 0);
   EXPECT_THAT(output, HasSubstr("\"tokenizer_type\": \"sentencepiece\""));
