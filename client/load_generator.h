@@ -13,7 +13,7 @@
 namespace w8a8::client {
 
 struct LoadOptions {
-  int concurrency = 4;            // Streams open at once.
+  int concurrency = 4;            // Calls in flight at once.
   double duration_seconds = 10;   // Used when `requests` is 0.
   int64_t requests = 0;           // Total requests; 0 runs for duration_seconds.
   // Calls Generate, which returns the whole completion in one reply, instead of
@@ -44,7 +44,7 @@ struct LoadReport {
   Percentiles request_latency;      // Seconds from sending to the end of the call.
 };
 
-// Runs the load and blocks until every stream has finished.
+// Runs the load and blocks until every call has finished.
 LoadReport RunLoad(const std::shared_ptr<grpc::Channel>& channel,
                    const ConnectionOptions& connection, const LoadOptions& options);
 

@@ -61,7 +61,7 @@ void GemmF32Portable(const float* x, const float* w, float* y, int64_t m, int64_
   });
 }
 
-// The m = 1 case on AVX2 or AVX-512: threads split the weight rows into contiguous ranges.
+// One row of x on AVX2 or AVX-512: threads split the weight rows into contiguous ranges.
 void GemmF32Decode(Isa isa, const float* x, const float* w, float* y, int64_t n, int64_t k) {
   const int64_t threads = n * k >= kMinThreadedMacs ? omp_get_max_threads() : 1;
   ParallelRegion(threads, [&](int64_t index, int64_t count) {

@@ -155,7 +155,8 @@ class PerChannelAvx512Matmul final : public Int8Matmul {
   // Declared first: onednn_ may read the packed weights, so it is destroyed before them.
   std::unique_ptr<PackedInt8Matmul> packed_;
   std::unique_ptr<internal::OneDnnInt8Matmul> onednn_;
-  // The packed loop serves products of up to this many rows.
+  // The packed loop serves products of up to this many rows, and all products below
+  // kMinThreadedMacs.
   static constexpr int64_t kPackedMaxRows = 16;
 };
 

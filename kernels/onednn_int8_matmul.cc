@@ -27,10 +27,10 @@ using Primitive = MatmulPrimitive;
 // products of several rows, because the packed loop computes single rows.
 constexpr int64_t kLayoutRows = 16;
 
-// Turns the int32 sums that oneDNN wrote into one row of y into FP32 outputs, in place, with
-// the arithmetic of the packed loop and the reference: the exact int32 sum, times the weight
-// scale, times the activation scale, each product rounded to FP32. GCC left this loop scalar
-// inside a lambda body, so it is a function of its own.
+// Turns the int32 sums that oneDNN wrote into one row of y into FP32 outputs, in place. The
+// arithmetic is that of the packed loop and the reference: the exact int32 sum, times the
+// weight scale, times the activation scale, each product rounded to FP32. GCC left this loop
+// scalar inside a lambda body, so it is a function of its own.
 void FinishRow(float* y_row, int64_t n, const int32_t* compensation, const float* scales,
                float x_scale) {
 #pragma omp simd

@@ -5,7 +5,7 @@
 // free per region, and the malloc may first consolidate the heap's free lists. A gRPC server fills
 // those lists with small blocks, and with --threads 1 on stories260K these calls took about
 // 12% of the server's CPU. A region runs on one thread when the team size is 1, when a loop
-// is too small to be worth threading, or inside another parallel region; these helpers then
+// is too small to be worth threading, or inside another parallel region. These helpers then
 // call the body directly.
 #pragma once
 
@@ -17,16 +17,18 @@
 namespace w8a8::kernels {
 
 // The minimum work that the kernels split among threads: elements for loops that touch each
-// element a few times (quantization, scaling), multiply-adds for products. Below it, waking
-// another thread costs more than the work it takes over, most of all under
-// OMP_WAIT_POLICY=passive, where each wake-up is a futex call. The smallest product of the
-// Llama-3.2-1B shape at one row (512 x 2048) has 2^20 multiply-adds, so every product of
-// that model and larger ones still uses all threads.
+// element a few times (quantization, scaling), multiply-adds for products and attention.
+// Below it, waking another thread is likely to cost more than the work it takes over, most of
+// all under OMP_WAIT_POLICY=passive, where each wake-up is a futex call. Both values are
+// chosen, not measured crossovers. 2^20 is the size of the smallest product of the
+// Llama-3.2-1B shape at one row (512 x 2048), so every product of that model and of larger
+// ones still uses all threads.
 inline constexpr int64_t kMinThreadedElements = int64_t{1} << 16;
 inline constexpr int64_t kMinThreadedMacs = int64_t{1} << 20;
 
 // Returns the team size of a parallel region started here, at most `requested`. Inside an
-// active parallel region it is 1, because nested regions run on one thread.
+// active parallel region it is 1: the kernels never nest regions, which libgomp's default of
+// one active level would run on one thread anyway.
 inline int RegionThreads(int64_t requested) {
   if (requested <= 1 || omp_in_parallel()) return 1;
   return static_cast<int>(std::min<int64_t>(requested, omp_get_max_threads()));

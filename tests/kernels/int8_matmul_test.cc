@@ -225,11 +225,14 @@ TEST(Int8Matmul, PerChannelBatchDispatchIsExact) {
 // With k a multiple of 64, oneDNN may read the packed per-channel weights in place. Widths
 // below 128 columns make oneDNN 2.6 with AMX fall back to its reference implementation for
 // m <= 4, where the packed loop takes over. Every row count and width must stay exact.
+// oneDNN takes products of more than 16 rows and at least 2^20 multiply-adds, which
+// m = 1100 reaches at every width here.
 TEST(Int8Matmul, PerChannelSharedLayoutIsExact) {
   uint32_t seed = 9600;
   for (int64_t k : {64, 192}) {
     for (int64_t n : {16, 49, 64, 100, 200}) {
-      for (int64_t m : {2, 3, 5, 8, 16, 17, 20, 37}) {
+      ASSERT_GE(1100 * n * k, kMinThreadedMacs);
+      for (int64_t m : {2, 3, 5, 8, 16, 17, 20, 37, 1100}) {
         ExpectMatchesReference(m, n, k, /*group_size=*/0, /*unit_scales=*/true, seed += 4);
       }
       ExpectMatchesReference(/*m=*/16, n, k, /*group_size=*/0, /*unit_scales=*/false,
@@ -310,7 +313,8 @@ TEST(Int8Matmul, OneDnnRejectsShortCompensation) {
 
 // Run splits the column quads among OpenMP threads when there are at least two per thread,
 // and the rows otherwise. Uneven splits must still cover every column and row exactly once.
-// Every shape here has enough multiply-adds for Run to use the threads at all.
+// Every shape here has enough multiply-adds for Run to use the threads at all. Their sums can
+// pass 2^24, so the scales are random and the comparison allows RoundingBound.
 TEST(Int8Matmul, ThreadSplitsAreExact) {
   const int saved_threads = omp_get_max_threads();
   uint32_t seed = 9700;
@@ -319,13 +323,13 @@ TEST(Int8Matmul, ThreadSplitsAreExact) {
     // 336 columns are 21 blocks in 6 quads, the last one partial, so the threads split columns.
     for (int64_t m : {1, 2, 4, 7}) {
       ASSERT_GE(m * 336 * 3200, kMinThreadedMacs);
-      ExpectMatchesReference(m, /*n=*/336, /*k=*/3200, /*group_size=*/32, /*unit_scales=*/true,
+      ExpectMatchesReference(m, /*n=*/336, /*k=*/3200, /*group_size=*/32, /*unit_scales=*/false,
                              seed += 4);
     }
     // 48 columns are one quad, so the threads split rows.
     for (int64_t m : {3, 5, 13}) {
       ASSERT_GE(m * 48 * 7300, kMinThreadedMacs);
-      ExpectMatchesReference(m, /*n=*/48, /*k=*/7300, /*group_size=*/0, /*unit_scales=*/true,
+      ExpectMatchesReference(m, /*n=*/48, /*k=*/7300, /*group_size=*/0, /*unit_scales=*/false,
                              seed += 4);
     }
   }
@@ -335,11 +339,12 @@ TEST(Int8Matmul, ThreadSplitsAreExact) {
 TEST(Int8Matmul, ExtremeValuesAreExact) {
   // Weights at +-127 and activations over the whole int8 range, including -128, for the
   // largest sums: 128 * 127 * 1024 < 2^24, so unit scales keep them exact in FP32. Three row
-  // patterns repeat down m; 24 rows take oneDNN's path for per-channel weights, and k = 1024
-  // lets it read the packed layout.
+  // patterns repeat down m. 24 rows take the packed loop, and 48 rows (over 2^20
+  // multiply-adds) take oneDNN's path for per-channel weights, where k = 1024 lets it read
+  // the packed layout.
   const int64_t n = 33;
   for (int64_t k : {1000, 1024}) {
-    for (int64_t m : {3, 24}) {
+    for (int64_t m : {3, 24, 48}) {
       for (int64_t group_size : {0, 128}) {
         const int64_t groups = GroupCount(k, group_size);
         std::vector<int8_t> weights(n * k);
@@ -426,8 +431,10 @@ TEST(Int8Matmul, RunsAnyRowCountOnOneMatrix) {
   }
 }
 
+// Four threads run one matmul at once. With k = 1024 the products of 11 and 16 rows have
+// over 2^20 multiply-adds, so those calls open OpenMP teams of their own.
 TEST(Int8Matmul, ConcurrentRunsAgree) {
-  const int64_t n = 96, k = 256;
+  const int64_t n = 96, k = 1024;
   const std::vector<int8_t> weights = RandomInt8(n * k, -127, 127, 21);
   for (Isa isa : SupportedIsas()) {
     for (int64_t group_size : {0, 64}) {

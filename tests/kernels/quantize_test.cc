@@ -49,8 +49,9 @@ TEST(QuantizePerToken, MatchesReferenceBitForBit) {
 
 TEST(QuantizePerTensor, MatchesReferenceBitForBit) {
   uint32_t seed = 100;
+  // 64 x 2048 has enough elements for the threads to split the rows.
   for (int64_t m : {1, 2, 7, 64}) {
-    for (int64_t k : {1, 3, 17, 172, 1000}) {
+    for (int64_t k : {1, 3, 17, 172, 1000, 2048}) {
       const std::vector<float> x = RandomRows(m, k, seed++);
       std::vector<int8_t> expected_q(m * k);
       float expected_scale = 0.0f;
