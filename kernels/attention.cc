@@ -1,5 +1,6 @@
-// Causal grouped-query attention: the plain C++ definition and an AVX-512 version that handles
-// 16 queries at once, one per lane, so that the softmax runs lane-wise without reductions.
+// Causal grouped-query attention: the plain C++ definition and two AVX-512 versions. One
+// handles 16 queries at once, one per lane, so that the softmax runs lane-wise without
+// reductions. The other, for decode, puts 16 keys in the lanes.
 #include "kernels/attention.h"
 
 #include <immintrin.h>
@@ -72,6 +73,118 @@ void AttentionScalar(const AttentionShape& shape, const PagedKv& kv, int64_t kv_
         }
       }
     }
+  }
+}
+
+// The largest group of query heads that the decode kernel below takes.
+constexpr int64_t kDecodeMaxQueries = 4;
+
+// Attention of one token (decode) with kGroup <= kDecodeMaxQueries query heads per KV head.
+// The tile kernel below puts queries in lanes, so here it would leave most of its 16 lanes
+// idle. This one puts 16 keys in the lanes, which costs one vector exp per query head per
+// chunk of keys. Every position up to first_position is visible, so no causal mask is needed.
+// kGroup is a template argument so that the per-head accumulators stay in registers.
+template <int64_t kGroup>
+W8A8_AVX512 void AttentionDecodeAvx512(const AttentionShape& shape, const PagedKv& kv,
+                                       int64_t kv_head, const float* q, int64_t first_position,
+                                       float* out) {
+  constexpr int64_t group = kGroup;
+  const int64_t head_dim = shape.head_dim;
+  const int64_t block_size = kv.block_size;
+  const int64_t head_offset = kv_head * block_size * head_dim;
+  const int64_t context = first_position + 1;
+  // The scaled queries and the unnormalized outputs, head_dim floats per query head.
+  thread_local std::vector<float> buffer;
+  buffer.resize(static_cast<size_t>(2 * group * head_dim));
+  float* queries = buffer.data();
+  float* outputs = queries + group * head_dim;
+  for (int64_t g = 0; g < group; ++g) {
+    const float* query = q + (kv_head * group + g) * head_dim;
+    for (int64_t d = 0; d < head_dim; ++d) queries[g * head_dim + d] = query[d] * shape.scale;
+  }
+  std::memset(outputs, 0, sizeof(float) * static_cast<size_t>(group * head_dim));
+  const __m512 minus_infinity = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  __m512 running_max[group];
+  float normalizer[group];
+  for (int64_t g = 0; g < group; ++g) {
+    running_max[g] = minus_infinity;
+    normalizer[g] = 0.0f;
+  }
+
+  for (int64_t first = 0; first < context; first += block_size) {
+    const int64_t block = kv.block_table[first / block_size];
+    const float* block_keys = kv.keys + block * kv.block_stride + head_offset;
+    const float* block_values = kv.values + block * kv.block_stride + head_offset;
+    const int64_t in_block = std::min(block_size, context - first);
+    for (int64_t chunk = 0; chunk < in_block; chunk += kLanes) {
+      const int64_t count = std::min(kLanes, in_block - chunk);
+      const __mmask16 valid = static_cast<__mmask16>((1u << count) - 1u);
+      const float* keys = block_keys + chunk * head_dim;
+      const float* values = block_values + chunk * head_dim;
+
+      // scores[g][j] = q_g . k_j, 16 dimensions at a time. Lanes past `count` stay 0.
+      alignas(64) float scores[group][kLanes] = {};
+      for (int64_t j = 0; j < count; ++j) {
+        __m512 dots[group];
+        for (int64_t g = 0; g < group; ++g) dots[g] = _mm512_setzero_ps();
+        for (int64_t d = 0; d < head_dim; d += kLanes) {
+          const __mmask16 part = d + kLanes <= head_dim
+                                     ? static_cast<__mmask16>(0xffff)
+                                     : static_cast<__mmask16>((1u << (head_dim - d)) - 1u);
+          const __m512 key = _mm512_maskz_loadu_ps(part, keys + j * head_dim + d);
+          for (int64_t g = 0; g < group; ++g) {
+            dots[g] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(part, queries + g * head_dim + d),
+                                      key, dots[g]);
+          }
+        }
+        for (int64_t g = 0; g < group; ++g) scores[g][j] = _mm512_reduce_add_ps(dots[g]);
+      }
+
+      // Online softmax per query head: the new maximum, the correction of what came before,
+      // and the weights of this chunk, with zeros past `count`.
+      alignas(64) float weights[group][kLanes];
+      __m512 correction[group];
+      for (int64_t g = 0; g < group; ++g) {
+        const __m512 chunk_scores =
+            _mm512_mask_blend_ps(valid, minus_infinity, _mm512_load_ps(scores[g]));
+        const __m512 new_max =
+            _mm512_max_ps(running_max[g], _mm512_set1_ps(_mm512_reduce_max_ps(chunk_scores)));
+        correction[g] = internal::ExpAvx512(_mm512_sub_ps(running_max[g], new_max));
+        const __m512 chunk_weights =
+            _mm512_maskz_mov_ps(valid, internal::ExpAvx512(_mm512_sub_ps(chunk_scores, new_max)));
+        normalizer[g] = normalizer[g] * _mm512_cvtss_f32(correction[g]) +
+                        _mm512_reduce_add_ps(chunk_weights);
+        _mm512_store_ps(weights[g], chunk_weights);
+        running_max[g] = new_max;
+      }
+
+      // outputs[g] = outputs[g] * correction[g] + sum_j weights[g][j] v_j.
+      for (int64_t d = 0; d < head_dim; d += kLanes) {
+        const __mmask16 part = d + kLanes <= head_dim
+                                   ? static_cast<__mmask16>(0xffff)
+                                   : static_cast<__mmask16>((1u << (head_dim - d)) - 1u);
+        __m512 sums[group];
+        for (int64_t g = 0; g < group; ++g) {
+          sums[g] = _mm512_mul_ps(_mm512_maskz_loadu_ps(part, outputs + g * head_dim + d),
+                                  correction[g]);
+        }
+        for (int64_t j = 0; j < count; ++j) {
+          const __m512 value = _mm512_maskz_loadu_ps(part, values + j * head_dim + d);
+          for (int64_t g = 0; g < group; ++g) {
+            sums[g] = _mm512_fmadd_ps(_mm512_set1_ps(weights[g][j]), value, sums[g]);
+          }
+        }
+        for (int64_t g = 0; g < group; ++g) {
+          _mm512_mask_storeu_ps(outputs + g * head_dim + d, part, sums[g]);
+        }
+      }
+    }
+  }
+
+  for (int64_t g = 0; g < group; ++g) {
+    const float inverse = 1.0f / normalizer[g];
+    float* result = out + (kv_head * group + g) * head_dim;
+    for (int64_t d = 0; d < head_dim; ++d) result[d] = outputs[g * head_dim + d] * inverse;
   }
 }
 
@@ -191,6 +304,20 @@ void CausalAttentionKvHead(Isa isa, const AttentionShape& shape, const PagedKv& 
                            float* out, int64_t out_stride) {
   if (tokens <= 0) return;
   if (isa == Isa::kAvx512Vnni) {
+    if (tokens == 1) {
+      switch (shape.num_heads / shape.num_kv_heads) {
+        case 1:
+          return AttentionDecodeAvx512<1>(shape, kv, kv_head, q, first_position, out);
+        case 2:
+          return AttentionDecodeAvx512<2>(shape, kv, kv_head, q, first_position, out);
+        case 3:
+          return AttentionDecodeAvx512<3>(shape, kv, kv_head, q, first_position, out);
+        case 4:
+          return AttentionDecodeAvx512<4>(shape, kv, kv_head, q, first_position, out);
+        default:
+          break;
+      }
+    }
     AttentionAvx512(shape, kv, kv_head, q, q_stride, tokens, first_position, out, out_stride);
   } else {
     // NOTE: AVX2 uses the plain loops, which the compiler vectorizes only for SSE.

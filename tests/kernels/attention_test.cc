@@ -150,6 +150,16 @@ const Case kCases[] = {
     {6, 2, 13, 7, 0, 23},
     {3, 1, 8, 40, 30, 17},
     {2, 1, 16, 16, 0, 1},
+    // Decode of one token with up to 4 query heads per KV head, which puts keys in the lanes.
+    // The cases are stories260K and Llama-3.2-1B heads over several blocks, head_dim not a
+    // multiple of 16, blocks of 7 and 40 positions, and a context of exactly one block. A
+    // group of 5 takes the kernel with queries in the lanes.
+    {8, 4, 8, 16, 100, 1},
+    {32, 8, 64, 16, 300, 1},
+    {6, 2, 13, 7, 40, 1},
+    {4, 4, 48, 40, 0, 1},
+    {3, 1, 20, 40, 39, 1},
+    {10, 2, 8, 16, 20, 1},
 };
 
 TEST(AttentionTest, EveryIsaMatchesDoublePrecisionReference) {
