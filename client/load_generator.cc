@@ -8,6 +8,7 @@
 #include <cmath>
 #include <mutex>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_format.h"
@@ -90,23 +91,39 @@ LoadReport RunLoad(const std::shared_ptr<grpc::Channel>& channel,
     Call call;
     std::unique_ptr<grpc::ClientReader<v1::GenerateStreamResponse>> reader =
         stub->GenerateStream(&context, options.request);
+    // The arrival time and token count of each message. With echo the first messages carry
+    // the prompt's ids too, and only the last message's usage gives their number.
+    std::vector<std::pair<Clock::time_point, int64_t>> arrivals;
+    int64_t echoed = 0;
     v1::GenerateStreamResponse message;
-    Clock::time_point previous = sent;
     while (reader->Read(&message)) {
-      const int count = message.token_ids_size();
+      if (message.has_usage() && options.request.echo()) {
+        echoed = message.usage().prompt_tokens();
+      }
+      if (message.token_ids_size() > 0) {
+        arrivals.emplace_back(Clock::now(), message.token_ids_size());
+      }
+    }
+    call.status = reader->Finish();
+
+    Clock::time_point previous = sent;
+    for (auto [now, count] : arrivals) {
+      const int64_t prompt_ids = std::min(echoed, count);
+      echoed -= prompt_ids;
+      count -= prompt_ids;
       if (count == 0) continue;
-      const Clock::time_point now = Clock::now();
       if (call.first_token < 0) {
         call.first_token = SecondsBetween(sent, now);
         // Tokens that arrive with the first one share its latency.
-        for (int i = 1; i < count; ++i) call.gaps.push_back(0.0);
+        for (int64_t i = 1; i < count; ++i) call.gaps.push_back(0.0);
       } else {
-        for (int i = 0; i < count; ++i) call.gaps.push_back(SecondsBetween(previous, now) / count);
+        for (int64_t i = 0; i < count; ++i) {
+          call.gaps.push_back(SecondsBetween(previous, now) / static_cast<double>(count));
+        }
       }
       previous = now;
       call.tokens += count;
     }
-    call.status = reader->Finish();
     return call;
   };
   auto unary_call = [&](grpc::ClientContext& context) {

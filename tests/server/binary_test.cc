@@ -196,6 +196,20 @@ TEST(ClientBinaryTest, GeneratesAndChecksHealth) {
   EXPECT_THAT(output, HasSubstr("2 concurrent unary calls"));
   EXPECT_THAT(output, HasSubstr("2 succeeded, 0 failed"));
 
+  // With echo the replies carry the prompt's ids too, which are not generated tokens.
+  for (const std::string calls : {"", " --unary"}) {
+    EXPECT_EQ(RunCommand(client + " load" + calls +
+                             " --echo --ignore-eos --prompt 'Once upon a time' --max-tokens 8 "
+                             "--concurrency 2 --requests 3 --json",
+                         &output),
+              0);
+    const nlohmann::json echoed = nlohmann::json::parse(output, nullptr, false);
+    ASSERT_FALSE(echoed.is_discarded()) << output;
+    EXPECT_EQ(echoed["generated_tokens"], 24) << calls;
+    EXPECT_EQ(echoed["time_to_first_token_seconds"]["count"], calls.empty() ? 3 : 0) << calls;
+    EXPECT_EQ(echoed["inter_token_latency_seconds"]["count"], calls.empty() ? 21 : 0) << calls;
+  }
+
   EXPECT_EQ(RunCommand(client + " info", &output), 0);
   EXPECT_THAT(output, HasSubstr("\"tokenizer_type\": \"sentencepiece\""));
   EXPECT_EQ(RunCommand(client + " quant get", &output), 0);
