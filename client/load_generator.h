@@ -19,7 +19,7 @@ struct LoadOptions {
   // Calls Generate, which returns the whole completion in one reply, instead of
   // GenerateStream. The report then has no time to first token and no inter-token latency.
   bool unary = false;
-  w8a8serve::v1::GenerateRequest request;  // Sent by every stream; request_id stays empty.
+  w8a8serve::v1::GenerateRequest request;  // Sent by every call; request_id stays empty.
 };
 
 struct Percentiles {
