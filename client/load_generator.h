@@ -39,8 +39,8 @@ struct LoadReport {
   double cpu_seconds = 0;  // User plus system CPU time of this process during the load.
   double requests_per_second = 0;
   double tokens_per_second = 0;
-  Percentiles time_to_first_token;  // Seconds from sending to the first token; streams only.
-  Percentiles inter_token_latency;  // Seconds per token after the first; streams only.
+  Percentiles time_to_first_token;  // Seconds from sending to the first token (streams only).
+  Percentiles inter_token_latency;  // Seconds per token after the first (streams only).
   Percentiles request_latency;      // Seconds from sending to the end of the call.
 };
 

@@ -79,6 +79,12 @@ void AttentionScalar(const AttentionShape& shape, const PagedKv& kv, int64_t kv_
 // The largest group of query heads that the decode kernel below takes.
 constexpr int64_t kDecodeMaxQueries = 4;
 
+// Returns the mask of the first min(lanes, 16) lanes, for lanes >= 1.
+inline __mmask16 FirstLanes(int64_t lanes) {
+  return lanes >= kLanes ? static_cast<__mmask16>(0xffff)
+                         : static_cast<__mmask16>((1u << lanes) - 1u);
+}
+
 // Attention of one token (decode) with kGroup <= kDecodeMaxQueries query heads per KV head.
 // The tile kernel below puts queries in lanes, so here it would leave most of its 16 lanes
 // idle. This one puts 16 keys in the lanes, which costs one vector exp per query head per
@@ -118,7 +124,7 @@ W8A8_AVX512 void AttentionDecodeAvx512(const AttentionShape& shape, const PagedK
     const int64_t in_block = std::min(block_size, context - first);
     for (int64_t chunk = 0; chunk < in_block; chunk += kLanes) {
       const int64_t count = std::min(kLanes, in_block - chunk);
-      const __mmask16 valid = static_cast<__mmask16>((1u << count) - 1u);
+      const __mmask16 valid = FirstLanes(count);
       const float* keys = block_keys + chunk * head_dim;
       const float* values = block_values + chunk * head_dim;
 
@@ -128,9 +134,7 @@ W8A8_AVX512 void AttentionDecodeAvx512(const AttentionShape& shape, const PagedK
         __m512 dots[group];
         for (int64_t g = 0; g < group; ++g) dots[g] = _mm512_setzero_ps();
         for (int64_t d = 0; d < head_dim; d += kLanes) {
-          const __mmask16 part = d + kLanes <= head_dim
-                                     ? static_cast<__mmask16>(0xffff)
-                                     : static_cast<__mmask16>((1u << (head_dim - d)) - 1u);
+          const __mmask16 part = FirstLanes(head_dim - d);
           const __m512 key = _mm512_maskz_loadu_ps(part, keys + j * head_dim + d);
           for (int64_t g = 0; g < group; ++g) {
             dots[g] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(part, queries + g * head_dim + d),
@@ -160,9 +164,7 @@ W8A8_AVX512 void AttentionDecodeAvx512(const AttentionShape& shape, const PagedK
 
       // outputs[g] = outputs[g] * correction[g] + sum_j weights[g][j] v_j.
       for (int64_t d = 0; d < head_dim; d += kLanes) {
-        const __mmask16 part = d + kLanes <= head_dim
-                                   ? static_cast<__mmask16>(0xffff)
-                                   : static_cast<__mmask16>((1u << (head_dim - d)) - 1u);
+        const __mmask16 part = FirstLanes(head_dim - d);
         __m512 sums[group];
         for (int64_t g = 0; g < group; ++g) {
           sums[g] = _mm512_mul_ps(_mm512_maskz_loadu_ps(part, outputs + g * head_dim + d),

@@ -11,7 +11,7 @@
 namespace w8a8::kernels {
 namespace {
 
-// Sets the team size for the test's lifetime and restores the previous one.
+// Team size for the lifetime of a test. The destructor restores the previous one.
 class ScopedTeamSize {
  public:
   explicit ScopedTeamSize(int threads) : saved_(omp_get_max_threads()) {
@@ -106,7 +106,7 @@ TEST(ParallelFor, InsideARegionRunsInline) {
   }
   for (const Visits* visits : inner) {
     EXPECT_TRUE(visits->EachOnce());
-    // The outer region is level 1; a nested one would make it 2.
+    // The outer region is level 1, and a nested one would make it 2.
     EXPECT_EQ(visits->max_level.load(), 1);
   }
 }
